@@ -1,0 +1,1 @@
+"""Generated protobuf code. Regenerate with `make protos`; import only from codec modules."""

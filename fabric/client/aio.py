@@ -1,0 +1,357 @@
+"""AsyncClient: the asyncio SDK. `Client` and `Executor` are built on it.
+
+Results are pushed, not polled: the client opens one Watch stream per
+session the first time it waits for anything, and every task submitted
+afterwards is tagged with the session so its result arrives on that stream.
+If the stream breaks (hub restart), it is reopened with the ids still pending.
+
+Submissions are coalesced: while one Submit call is in flight, new tasks
+gather and go out together in the next one. Task ids are chosen here, so a
+retried Submit is idempotent at the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Sequence
+
+import grpc
+
+from fabric import config, errors
+from fabric._proto import fabric_pb2 as pb
+from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.client.results import is_final, outcome
+from fabric.models import EndpointInfo, HubStatus, TaskInfo
+from fabric.serialize import dumps_args, dumps_function, function_name
+from fabric.states import TaskState
+from fabric.wire import from_rpc_error, is_transient
+
+log = logging.getLogger("fabric.client")
+ResultListener = Callable[[pb.TaskResult], bool]
+
+SUBMIT_BATCH = 2048
+CACHE_RESULTS = 10_000
+
+
+class AsyncClient:
+    def __init__(self, address: str = config.DEFAULT_HUB_ADDRESS, *,
+                 retry_timeout: float = 30.0, policy: str = "") -> None:
+        self.address = address
+        self.retry_timeout = retry_timeout
+        self.policy = policy
+        self.session_id = "s-" + uuid.uuid4().hex
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.ClientServiceStub | None = None
+        self._fn_ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        # Result push.
+        self._watch_task: asyncio.Task[None] | None = None
+        self._watch_ready: asyncio.Future[None] | None = None
+        self._watched: set[str] = set()  # ids whose results this session's stream will carry
+        self._waiters: dict[str, list[asyncio.Future[pb.TaskResult]]] = {}
+        self._results: OrderedDict[str, pb.TaskResult] = OrderedDict()  # recent, uncollected
+        self.listener: ResultListener | None = None  # Executor's hook; True = consumed
+        self.on_submit_failed: Callable[[list[str], BaseException], None] | None = None
+        # Submission coalescing.
+        self._outbox: list[tuple[pb.TaskSubmission, str, asyncio.Future[None] | None]] = []
+        self._flushing = False
+        self._closed = False
+
+    # ------------------------------------------------------------ plumbing
+    @property
+    def stub(self) -> pb_grpc.ClientServiceStub:
+        if self._closed:
+            raise errors.FabricError("client is closed")
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self.address, options=config.grpc_options())
+            self._stub = pb_grpc.ClientServiceStub(self._channel)
+        return self._stub
+
+    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        """One unary call, retried while the hub is unreachable (every call is idempotent)."""
+        deadline = time.monotonic() + self.retry_timeout
+        delay = 0.05
+        while True:
+            try:
+                return await getattr(self.stub, method)(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    raise from_rpc_error(exc, self.address) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        if self._outbox or self._flushing:
+            try:
+                await self._drain_outbox()
+            except errors.FabricError:
+                pass
+        self._closed = True
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            try:
+                await self._watch_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for futs in self._waiters.values():
+            for f in futs:
+                if not f.done():
+                    f.set_exception(errors.FabricError("client closed while waiting"))
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ functions
+    async def register_function(self, fn: Callable[..., Any], name: str | None = None) -> str:
+        """Store `fn` at the hub once; returns its id (the same id for the same code)."""
+        try:
+            cached = self._fn_ids.get(fn)
+        except TypeError:  # not weak-referenceable
+            cached = None
+        if cached is not None:
+            return cached
+        body = dumps_function(fn)
+        reply = await self._call("RegisterFunction", pb.RegisterFunctionRequest(
+            name=name or function_name(fn), body=body, python_version=config.PYTHON_VERSION))
+        try:
+            self._fn_ids[fn] = reply.function_id
+        except TypeError:
+            pass
+        return reply.function_id
+
+    # ------------------------------------------------------------ submission
+    def new_submission(self, function_id: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       endpoint_id: str | None = None) -> pb.TaskSubmission:
+        return pb.TaskSubmission(task_id=uuid.uuid4().hex, function_id=function_id,
+                                 args=dumps_args(args, kwargs), endpoint=endpoint_id or "")
+
+    def enqueue(self, subs: Sequence[pb.TaskSubmission], policy: str = "",
+                ack: asyncio.Future[None] | None = None) -> None:
+        """Queue submissions for the next Submit call (loop thread only)."""
+        policy = policy or self.policy
+        for i, s in enumerate(subs):
+            self._outbox.append((s, policy, ack if i == len(subs) - 1 else None))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox[:SUBMIT_BATCH], self._outbox[SUBMIT_BATCH:]
+                by_policy: dict[str, list[Any]] = {}
+                for item in batch:
+                    by_policy.setdefault(item[1], []).append(item)
+                for policy, items in by_policy.items():
+                    await self._submit_now(policy, items)
+        finally:
+            self._flushing = False
+
+    async def _submit_now(self, policy: str, items: list[Any]) -> None:
+        watching = self._watch_ready is not None
+        req = pb.SubmitRequest(tasks=[i[0] for i in items], policy=policy,
+                               session_id=self.session_id if watching else "")
+        if watching:
+            self._watched.update(i[0].task_id for i in items)
+        try:
+            await self._call("Submit", req)
+        except errors.FabricError as exc:
+            failed = [i[0].task_id for i in items]
+            self._watched.difference_update(failed)
+            for i in items:
+                if i[2] is not None and not i[2].done():
+                    i[2].set_exception(exc)
+            if self.on_submit_failed is not None:
+                self.on_submit_failed(failed, exc)
+            return
+        for i in items:
+            if i[2] is not None and not i[2].done():
+                i[2].set_result(None)
+
+    async def _drain_outbox(self) -> None:
+        while self._outbox or self._flushing:
+            await asyncio.sleep(0.001)
+
+    async def submit(self, subs: Sequence[pb.TaskSubmission], policy: str = "") -> list[str]:
+        """Submit and wait for the hub's commit; returns the task ids."""
+        if not subs:
+            return []
+        ack = asyncio.get_running_loop().create_future()
+        self.enqueue(subs, policy, ack)
+        await ack
+        return [s.task_id for s in subs]
+
+    async def run(self, *args: Any, function_id: str, endpoint_id: str | None = None,
+                  policy: str = "", **kwargs: Any) -> str:
+        """Submit one call of a registered function; returns its task id once stored."""
+        (tid,) = await self.submit([self.new_submission(function_id, args, kwargs, endpoint_id)], policy)
+        return tid
+
+    async def batch_run(self, function_id: str, calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
+                        endpoint_id: str | None = None, policy: str = "") -> list[str]:
+        """Submit many calls, each an (args, kwargs) pair; returns task ids in order."""
+        subs = [self.new_submission(function_id, tuple(a), dict(k), endpoint_id) for a, k in calls]
+        return await self.submit(subs, policy)
+
+    async def cancel(self, task_ids: Sequence[str]) -> list[str]:
+        """Cancel tasks that have not finished; returns those that were cancelled."""
+        reply = await self._call("Cancel", pb.CancelRequest(task_ids=list(task_ids)))
+        return list(reply.cancelled)
+
+    # ------------------------------------------------------------ results
+    async def get_result(self, task_id: str, timeout: float | None = None) -> Any:
+        """The task's value, or raise its error. With no timeout, a pending task raises
+        TaskPending at once; with one, waits up to `timeout` seconds (TaskTimeout)."""
+        (r,) = await self.wait([task_id], timeout)
+        return outcome(r)
+
+    async def get_batch_result(self, task_ids: Sequence[str], timeout: float | None = None,
+                               return_exceptions: bool = False) -> list[Any]:
+        """Values in the order of `task_ids`; the first error is raised unless
+        `return_exceptions`, which puts exceptions in the list instead."""
+        out = []
+        for r in await self.wait(task_ids, timeout):
+            try:
+                out.append(outcome(r))
+            except errors.FabricError as exc:
+                if not return_exceptions:
+                    raise
+                out.append(exc)
+        return out
+
+    async def status_of(self, task_ids: Sequence[str]) -> list[pb.TaskResult]:
+        reply = await self._call("GetResults", pb.GetResultsRequest(task_ids=list(task_ids)))
+        return list(reply.results)
+
+    async def wait(self, task_ids: Sequence[str], timeout: float | None) -> list[pb.TaskResult]:
+        """Final results for `task_ids` (in order). timeout=None: do not wait, return
+        what is known now (pending tasks come back non-final)."""
+        known = {tid: self._results.pop(tid) for tid in task_ids if tid in self._results}
+        missing = [tid for tid in dict.fromkeys(task_ids) if tid not in known]
+        if missing and timeout is None:
+            for r in await self.status_of(missing):
+                known[r.task_id] = r
+            missing = []
+        if missing:
+            loop = asyncio.get_running_loop()
+            futs = {}
+            for tid in missing:
+                f = loop.create_future()
+                self._waiters.setdefault(tid, []).append(f)
+                futs[tid] = f
+            try:
+                await self._ensure_watch()
+                fresh = [tid for tid in missing if tid not in self._watched]
+                if fresh:
+                    self._watched.update(fresh)
+                    await self._call("Subscribe", pb.SubscribeRequest(
+                        session_id=self.session_id, task_ids=fresh))
+                done, pending = await asyncio.wait(futs.values(), timeout=timeout)
+                if pending:
+                    raise errors.TaskTimeout(
+                        f"{len(pending)} of {len(missing)} tasks not finished after {timeout}s")
+                for tid, f in futs.items():
+                    known[tid] = f.result()
+            finally:
+                for tid, f in futs.items():
+                    lst = self._waiters.get(tid)
+                    if lst is not None:
+                        if f in lst:
+                            lst.remove(f)
+                        if not lst:
+                            del self._waiters[tid]
+        return [known[tid] for tid in task_ids]
+
+    def _deliver(self, r: pb.TaskResult) -> None:
+        tid = r.task_id
+        if tid not in self._watched:
+            return  # a duplicate after a reconnect: the first result already went out
+        self._watched.discard(tid)
+        if self.listener is not None and self.listener(r):
+            return
+        waiters = self._waiters.pop(tid, None)
+        if waiters:
+            for f in waiters:
+                if not f.done():
+                    f.set_result(r)
+            return
+        self._results[tid] = r
+        while len(self._results) > CACHE_RESULTS:
+            self._results.popitem(last=False)
+
+    async def _ensure_watch(self) -> None:
+        if self._watch_ready is None:
+            self._watch_ready = asyncio.get_running_loop().create_future()
+            self._watch_task = asyncio.create_task(self._watch_forever())
+        await asyncio.wait_for(asyncio.shield(self._watch_ready), self.retry_timeout)
+
+    async def _watch_forever(self) -> None:
+        delay = 0.05
+        ready = self._watch_ready
+        assert ready is not None
+        while not self._closed:
+            try:
+                call = self.stub.Watch(pb.WatchRequest(session_id=self.session_id,
+                                                       task_ids=list(self._watched)))
+                async for batch in call:
+                    if not ready.done():
+                        ready.set_result(None)
+                    delay = 0.05
+                    for r in batch.results:
+                        if is_final(r):
+                            self._deliver(r)
+                if self._closed:
+                    return
+            except grpc.aio.AioRpcError as exc:
+                if not is_transient(exc):
+                    err = from_rpc_error(exc, self.address)
+                    if not ready.done():
+                        ready.set_exception(err)
+                    self._fail_waiters(err)
+                    return
+                log.info("result stream to %s broke (%s); reconnecting", self.address, exc.code().name)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        for futs in self._waiters.values():
+            for f in futs:
+                if not f.done():
+                    f.set_exception(exc)
+
+    # ------------------------------------------------------------ listings
+    async def endpoints(self) -> list[EndpointInfo]:
+        reply = await self._call("ListEndpoints", pb.ListEndpointsRequest())
+        return [EndpointInfo.from_proto(e) for e in reply.endpoints]
+
+    async def tasks(self, limit: int = 50, state: TaskState | None = None,
+                    endpoint: str | None = None) -> list[TaskInfo]:
+        reply = await self._call("ListTasks", pb.ListTasksRequest(
+            limit=limit, state=int(state) if state else 0, endpoint=endpoint or ""))
+        return [TaskInfo.from_proto(t) for t in reply.tasks]
+
+    async def status(self) -> HubStatus:
+        return HubStatus.from_proto(await self._call("Status", pb.StatusRequest()))
+
+    async def wait_for_endpoints(self, count: int, timeout: float = 30.0) -> list[EndpointInfo]:
+        """Wait until at least `count` endpoints are online (for scripts and tests)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            online = [e for e in await self.endpoints() if e.online]
+            if len(online) >= count:
+                return online
+            if time.monotonic() > deadline:
+                raise errors.TaskTimeout(f"{len(online)} of {count} endpoints online after {timeout}s")
+            await asyncio.sleep(0.05)
+

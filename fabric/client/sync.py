@@ -1,0 +1,113 @@
+"""Client: the blocking SDK. It drives an AsyncClient on a private event-loop thread.
+
+One implementation, two faces: every method here hands a coroutine to the
+loop thread and waits for it, so the sync and async clients cannot drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Callable, Coroutine, Iterable, Sequence, TypeVar
+
+from fabric import config
+from fabric.client.aio import AsyncClient
+from fabric.loop import new_event_loop
+from fabric.models import EndpointInfo, HubStatus, TaskInfo
+from fabric.states import TaskState
+
+T = TypeVar("T")
+
+
+class Client:
+    """Talk to a hub: register functions, run them, collect results.
+
+    >>> c = Client("127.0.0.1:50051")
+    >>> fid = c.register_function(fit)
+    >>> tid = c.run(x, y=2, function_id=fid, endpoint_id="laptop")
+    >>> c.get_result(tid, timeout=60)
+    """
+
+    def __init__(self, address: str = config.DEFAULT_HUB_ADDRESS, *, retry_timeout: float = 30.0,
+                 policy: str = "") -> None:
+        self.address = address
+        self._loop = new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fabric-client",
+                                        daemon=True)
+        self._thread.start()
+        self.aio: AsyncClient = self._call(_make_async(address, retry_timeout, policy))
+        self._closed = False
+
+    # ------------------------------------------------------------ plumbing
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if getattr(self, "_closed", False):
+            coro.close()
+            raise RuntimeError("client is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the client's loop thread (used by Executor)."""
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def close(self) -> None:
+        """Flush pending submissions, close streams and stop the loop thread. Idempotent."""
+        if self._closed:
+            return
+        self._call(self.aio.close())
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ API
+    def register_function(self, fn: Callable[..., Any], name: str | None = None) -> str:
+        return self._call(self.aio.register_function(fn, name))
+
+    def run(self, *args: Any, function_id: str, endpoint_id: str | None = None,
+            policy: str = "", **kwargs: Any) -> str:
+        return self._call(self.aio.run(*args, function_id=function_id, endpoint_id=endpoint_id,
+                                       policy=policy, **kwargs))
+
+    def batch_run(self, function_id: str, calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
+                  endpoint_id: str | None = None, policy: str = "") -> list[str]:
+        calls = list(calls)
+        return self._call(self.aio.batch_run(function_id, calls, endpoint_id, policy))
+
+    def get_result(self, task_id: str, timeout: float | None = None) -> Any:
+        return self._call(self.aio.get_result(task_id, timeout))
+
+    def get_batch_result(self, task_ids: Sequence[str], timeout: float | None = None,
+                         return_exceptions: bool = False) -> list[Any]:
+        return self._call(self.aio.get_batch_result(list(task_ids), timeout, return_exceptions))
+
+    def cancel(self, task_ids: Sequence[str] | str) -> list[str]:
+        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+        return self._call(self.aio.cancel(ids))
+
+    def endpoints(self) -> list[EndpointInfo]:
+        return self._call(self.aio.endpoints())
+
+    def tasks(self, limit: int = 50, state: TaskState | None = None,
+              endpoint: str | None = None) -> list[TaskInfo]:
+        return self._call(self.aio.tasks(limit, state, endpoint))
+
+    def status(self) -> HubStatus:
+        return self._call(self.aio.status())
+
+    def wait_for_endpoints(self, count: int, timeout: float = 30.0) -> list[EndpointInfo]:
+        return self._call(self.aio.wait_for_endpoints(count, timeout))
+
+
+async def _make_async(address: str, retry_timeout: float, policy: str) -> AsyncClient:
+    # Created on the loop thread so its asyncio objects bind to that loop.
+    return AsyncClient(address, retry_timeout=retry_timeout, policy=policy)

@@ -1,0 +1,235 @@
+"""The endpoint agent: dials out to the hub, keeps one stream, feeds the worker pool.
+
+It never accepts connections. While the hub is away it keeps running the
+tasks it holds and keeps their results until the hub acknowledges them; on
+reconnect it says which tasks it still holds and replays unacknowledged
+results, so nothing finished is lost and nothing is sent twice on purpose.
+
+Credits: the endpoint grants the hub as many tasks as it can usefully hold
+(the pool's capacity plus a prefetch allowance), counting what it already
+holds and what it granted but has not yet received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from fabric import __version__, config
+from fabric._proto import fabric_pb2 as pb
+from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.endpoint.capabilities import detect, load_per_core
+from fabric.endpoint.pool import WorkerPool
+from fabric.models import error_to_proto
+from fabric.worker.runtime import WorkItem, WorkResult
+
+log = logging.getLogger("fabric.endpoint")
+
+
+@dataclass
+class EndpointConfig:
+    name: str
+    hub: str = config.DEFAULT_HUB_ADDRESS
+    workers: int = os.cpu_count() or 1
+    prefetch: int = 0  # extra tasks held beyond what keeps the workers busy
+    max_result_bytes: int = config.DEFAULT_MAX_PAYLOAD
+    heartbeat_misses: int = config.DEFAULT_HEARTBEAT_MISSES
+    reconnect_min_s: float = 0.05
+    reconnect_max_s: float = 5.0
+
+
+class Endpoint:
+    def __init__(self, cfg: EndpointConfig) -> None:
+        self.config = cfg
+        self.endpoint_id: str | None = None
+        self.connected = asyncio.Event()
+        self.pool = WorkerPool(cfg.workers, self._on_results, max_result_bytes=cfg.max_result_bytes)
+        self.held: dict[str, WorkItem] = {}  # received, no result yet
+        self.unacked: dict[str, pb.TaskResult] = {}  # results the hub has not acknowledged
+        self._to_send: list[pb.TaskResult] = []
+        self._last_heard = time.monotonic()
+        self._granted = 0  # credits granted on the current stream, tasks not yet received
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._main: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self.completed = 0
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> "Endpoint":
+        await self.pool.start()
+        self._main = asyncio.create_task(self._connect_forever())
+        return self
+
+    async def wait_connected(self, timeout: float) -> None:
+        await asyncio.wait_for(self.connected.wait(), timeout)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def shutdown(self) -> None:
+        """Stop talking to the hub and stop the workers. Idempotent.
+
+        Tasks still held are requeued by the hub when the link drops."""
+        if self._stopping:
+            await self._closed.wait()
+            return
+        self._stopping = True
+        if self._main is not None:
+            self._main.cancel()
+            try:
+                await self._main
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.pool.shutdown()
+        self._closed.set()
+
+    async def __aenter__(self) -> "Endpoint":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.shutdown()
+
+    # ------------------------------------------------------------ connection
+    async def _connect_forever(self) -> None:
+        backoff = self.config.reconnect_min_s
+        while not self._stopping:
+            try:
+                await self._session()
+                backoff = self.config.reconnect_min_s
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                level = logging.WARNING if self.endpoint_id else logging.INFO
+                log.log(level, "hub %s: %s %s", self.config.hub, exc.code().name, exc.details())
+                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.PERMISSION_DENIED):
+                    log.error("hub refused this endpoint: %s", exc.details())
+            except Exception:
+                log.exception("endpoint link failed")
+            self.connected.clear()
+            # Jittered exponential backoff so many endpoints do not reconnect in step.
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self.config.reconnect_max_s)
+
+    async def _session(self) -> None:
+        cfg = self.config
+        async with grpc.aio.insecure_channel(cfg.hub, options=config.grpc_options()) as channel:
+            call = pb_grpc.EndpointServiceStub(channel).Connect()
+            hello = pb.Hello(name=cfg.name, capabilities=detect(cfg.workers).to_proto(),
+                             held_task_ids=list(self.held), fabric_version=__version__)
+            self._granted = 0
+            first = pb.EndpointMessage(hello=hello, credits=self._credits_wanted())
+            self._granted = first.credits
+            await call.write(first)
+            reply = await call.read()
+            if reply is grpc.aio.EOF or not reply.HasField("welcome"):
+                raise ConnectionError("hub closed the stream before welcoming this endpoint")
+            self.endpoint_id = reply.welcome.endpoint_id
+            self._last_heard = time.monotonic()
+            period = reply.welcome.heartbeat_period_s or config.DEFAULT_HEARTBEAT_PERIOD_S
+            self._to_send = list(self.unacked.values())  # replay what the hub never confirmed
+            self.connected.set()
+            log.info("connected to hub %s as %s (%s)", cfg.hub, cfg.name, self.endpoint_id)
+            self._wake.set()
+            reader = asyncio.create_task(self._read_loop(call))
+            writer = asyncio.create_task(self._write_loop(call, period))
+            try:
+                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()  # re-raise what ended the session
+            finally:
+                reader.cancel()
+                writer.cancel()
+                call.cancel()
+                self.connected.clear()
+
+    async def _read_loop(self, call: Any) -> None:
+        while True:
+            msg = await call.read()
+            self._last_heard = time.monotonic()
+            if msg is grpc.aio.EOF:
+                raise ConnectionError("hub ended the stream")
+            if msg.functions:
+                for fn in msg.functions:
+                    self.pool.add_function(fn.function_id, fn.body)
+            if msg.tasks:
+                items = [WorkItem(t.task_id, t.function_id, t.args) for t in msg.tasks
+                         if t.task_id not in self.held]
+                self._granted -= len(msg.tasks)
+                for item in items:
+                    self.held[item.task_id] = item
+                self.pool.submit(items)
+            if msg.acks:
+                for tid in msg.acks:
+                    self.unacked.pop(tid, None)
+            if msg.cancel:
+                for tid in self.pool.cancel(msg.cancel):
+                    self.held.pop(tid, None)
+                self._wake.set()  # room for more: grant credits
+
+    async def _write_loop(self, call: Any, period: float) -> None:
+        last_beat = 0.0
+        silent_after = period * self.config.heartbeat_misses
+        while True:
+            if time.monotonic() - self._last_heard > silent_after:
+                raise ConnectionError(f"hub silent for {silent_after:.1f}s")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=period)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            msg = pb.EndpointMessage()
+            if self._to_send:
+                n = _fit(self._to_send, config.MAX_BATCH_BYTES)
+                msg.results.extend(self._to_send[:n])
+                del self._to_send[:n]
+                if self._to_send:
+                    self._wake.set()
+            want = self._credits_wanted()
+            if want > 0:
+                msg.credits = want
+                self._granted += want
+            now = time.monotonic()
+            if now - last_beat >= period:
+                msg.heartbeat.CopyFrom(pb.Heartbeat(
+                    load=load_per_core(), free_slots=self.pool.free_slots,
+                    queued=self.pool.queued, sent_at=time.time()))
+                last_beat = now
+            if msg.results or msg.credits or msg.HasField("heartbeat"):
+                await call.write(msg)
+
+    def _credits_wanted(self) -> int:
+        target = self.pool.capacity() + self.config.prefetch
+        return max(0, target - len(self.held) - self._granted)
+
+    # ------------------------------------------------------------ results
+    def _on_results(self, results: list[WorkResult]) -> None:
+        for r in results:
+            self.held.pop(r.task_id, None)
+            m = pb.TaskResult(task_id=r.task_id, state=pb.SUCCESS if r.ok else pb.FAILED,
+                              value=r.value, runtime_s=r.runtime_s, endpoint_id=self.endpoint_id or "")
+            if r.error is not None:
+                m.error.CopyFrom(error_to_proto(r.error))
+            self.unacked[r.task_id] = m
+            self._to_send.append(m)
+        self.completed += len(results)
+        self._wake.set()
+
+
+def _fit(results: list[pb.TaskResult], budget: int) -> int:
+    """How many results from the front fit in `budget` bytes (at least one)."""
+    n, size = 0, 0
+    for r in results:
+        size += len(r.value)
+        if n and size > budget:
+            break
+        n += 1
+    return n

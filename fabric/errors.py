@@ -1,0 +1,178 @@
+"""Every exception a Fabric user can catch.
+
+    FabricError
+    ├── HubUnavailable          the hub cannot be reached (after retries)
+    ├── AuthError               missing, bad or expired credentials
+    ├── PermissionDenied        authenticated, but not allowed
+    ├── InvalidRequest          the request itself is malformed
+    │   ├── PayloadTooLarge     a function body, argument or result over the limit
+    │   └── VersionMismatch     function pickled on another Python minor version
+    ├── NotFound
+    │   ├── FunctionNotFound
+    │   ├── EndpointNotFound
+    │   └── TaskNotFound
+    ├── EndpointOffline         the named endpoint is not connected
+    ├── NoEligibleEndpoint      no online endpoint can take the task
+    ├── TaskPending             asked for a result that is not ready (non-blocking get)
+    ├── TaskTimeout             waited for a result longer than `timeout` (also a TimeoutError)
+    ├── TaskCancelled           the task was cancelled before it finished
+    └── TaskFailed              the function raised; carries the remote traceback
+        └── WorkerDied          the worker process died while running the task
+
+The hub raises these too; `fabric._wire.errors` maps each to one gRPC status
+code and back, so a user never sees a raw gRPC error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FabricError(Exception):
+    """Base of every Fabric error."""
+
+    #: ErrorKind name on the wire (see protos/fabric.proto); set on subclasses.
+    kind: str = "INTERNAL"
+
+
+class HubUnavailable(FabricError):
+    kind = "HUB_UNAVAILABLE"
+
+
+class AuthError(FabricError):
+    kind = "AUTH_FAILED"
+
+
+class PermissionDenied(FabricError):
+    kind = "PERMISSION_DENIED"
+
+
+class InvalidRequest(FabricError):
+    kind = "INVALID_REQUEST"
+
+
+class PayloadTooLarge(InvalidRequest):
+    kind = "PAYLOAD_TOO_LARGE"
+
+
+class VersionMismatch(InvalidRequest):
+    kind = "VERSION_MISMATCH"
+
+
+class NotFound(FabricError):
+    kind = "INVALID_REQUEST"
+
+
+class FunctionNotFound(NotFound):
+    kind = "FUNCTION_NOT_FOUND"
+
+
+class EndpointNotFound(NotFound):
+    kind = "ENDPOINT_NOT_FOUND"
+
+
+class TaskNotFound(NotFound):
+    kind = "TASK_NOT_FOUND"
+
+
+class EndpointOffline(FabricError):
+    kind = "ENDPOINT_OFFLINE"
+
+
+class NoEligibleEndpoint(FabricError):
+    kind = "NO_ELIGIBLE_ENDPOINT"
+
+
+class TaskPending(FabricError):
+    """The result is not ready yet; pass `timeout=` to wait for it."""
+
+
+class TaskTimeout(FabricError, TimeoutError):
+    """Waited `timeout` seconds and the result did not arrive."""
+
+
+class TaskCancelled(FabricError):
+    """The task was cancelled before it produced a result."""
+
+
+class TaskFailed(FabricError):
+    """The remote function raised.
+
+    `cause` is the original exception when it could be unpickled here (it is
+    also chained as `__cause__`); otherwise None, and `type_name`/`message`
+    carry its text. `remote_traceback` is the traceback from the worker.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        type_name: str,
+        message: str,
+        remote_traceback: str = "",
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(f"task {task_id} failed: {type_name}: {message}")
+        self.task_id = task_id
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.cause = cause
+        if cause is not None:
+            self.__cause__ = cause
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.task_id, self.type_name, self.message, self.remote_traceback, None),
+        )
+
+
+class WorkerDied(TaskFailed):
+    """The worker process running the task died (exit code or signal in `message`)."""
+
+
+#: Wire ErrorKind name -> the exception raised for it on the client.
+BY_KIND: dict[str, type[FabricError]] = {
+    cls.kind: cls
+    for cls in (
+        InvalidRequest,
+        PayloadTooLarge,
+        VersionMismatch,
+        FunctionNotFound,
+        EndpointNotFound,
+        TaskNotFound,
+        EndpointOffline,
+        NoEligibleEndpoint,
+        AuthError,
+        PermissionDenied,
+        HubUnavailable,
+    )
+}
+BY_KIND["INTERNAL"] = FabricError
+
+__all__ = [
+    "FabricError",
+    "HubUnavailable",
+    "AuthError",
+    "PermissionDenied",
+    "InvalidRequest",
+    "PayloadTooLarge",
+    "VersionMismatch",
+    "NotFound",
+    "FunctionNotFound",
+    "EndpointNotFound",
+    "TaskNotFound",
+    "EndpointOffline",
+    "NoEligibleEndpoint",
+    "TaskPending",
+    "TaskTimeout",
+    "TaskCancelled",
+    "TaskFailed",
+    "WorkerDied",
+]

@@ -1,0 +1,290 @@
+"""ClientService: what users call (register, submit, results, watch, cancel, listings).
+
+Validation happens here, before anything is stored: a request that fails
+changes nothing. Every FabricError raised below becomes one precise gRPC
+status via `fabric.wire.to_status` (see `_rpc`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from fabric import errors
+from fabric._proto import fabric_pb2 as pb
+from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.hub.dispatch import Dispatcher, LiveTask
+from fabric.hub.sessions import Sessions
+from fabric.hub.store import FunctionRow, TaskStore
+from fabric.models import EndpointInfo, HubStatus, TaskInfo
+from fabric.serialize import function_id as make_function_id
+from fabric.states import TaskState
+from fabric.wire import to_status
+
+log = logging.getLogger("fabric.hub")
+
+MAX_IDS_PER_CALL = 100_000
+MAX_ID_LENGTH = 128
+MAX_TASKS_LISTED = 10_000
+
+
+def _rpc(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Map FabricError to its status; anything else is logged and sent as INTERNAL."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except errors.FabricError as exc:
+            code, details, trailers = to_status(exc)
+            context.set_trailing_metadata(trailers)
+            await context.abort(code, details)
+        except ValueError as exc:  # e.g. an unknown policy name
+            code, details, trailers = to_status(errors.InvalidRequest(str(exc)))
+            context.set_trailing_metadata(trailers)
+            await context.abort(code, details)
+
+    return wrapped
+
+
+def check_ids(ids: Any, what: str) -> list[str]:
+    ids = list(ids)
+    if len(ids) > MAX_IDS_PER_CALL:
+        raise errors.InvalidRequest(f"too many {what} ids in one call: {len(ids)} > {MAX_IDS_PER_CALL}")
+    for i in ids:
+        if not i or len(i) > MAX_ID_LENGTH:
+            raise errors.InvalidRequest(f"malformed {what} id {i[:MAX_ID_LENGTH]!r}")
+    return ids
+
+
+class ClientApi(pb_grpc.ClientServiceServicer):
+    def __init__(self, dispatcher: Dispatcher, store: TaskStore, sessions: Sessions,
+                 max_payload: int, version: str) -> None:
+        self.d = dispatcher
+        self.store = store
+        self.sessions = sessions
+        self.max_payload = max_payload
+        self.version = version
+        self.started = time.time()
+
+    def principal(self, context: grpc.aio.ServicerContext) -> str:
+        """Who is calling. Authentication (tokens) plugs in here."""
+        return "local"
+
+    # ------------------------------------------------------------ functions
+    @_rpc
+    async def RegisterFunction(self, request: pb.RegisterFunctionRequest, context: Any) -> pb.RegisterFunctionReply:
+        if not request.body:
+            raise errors.InvalidRequest("function body is empty")
+        if len(request.body) > self.max_payload:
+            raise errors.PayloadTooLarge(
+                f"function body is {len(request.body)} bytes; the limit is {self.max_payload}")
+        if not request.python_version or len(request.python_version) > 16:
+            raise errors.InvalidRequest("python_version must be set, e.g. '3.11'")
+        owner = self.principal(context)
+        fid = make_function_id(owner, request.body, request.python_version)
+        if fid not in self.d.functions:
+            row = FunctionRow(fid, request.name[:256], request.body, request.python_version, owner)
+            await self.store.put_function(row)
+            self.d.functions[fid] = row
+        return pb.RegisterFunctionReply(function_id=fid)
+
+    async def function(self, function_id: str) -> FunctionRow:
+        row = self.d.functions.get(function_id)
+        if row is None and len(function_id) <= MAX_ID_LENGTH:
+            row = await self.store.get_function(function_id)
+            if row is not None:
+                self.d.functions[function_id] = row
+        if row is None:
+            raise errors.FunctionNotFound(f"unknown function id {function_id[:MAX_ID_LENGTH]!r}")
+        return row
+
+    def resolve_endpoint(self, ref: str) -> str:
+        """An endpoint id from an id or a name."""
+        if ref in self.d.endpoints:
+            return ref
+        matches = [e.endpoint_id for e in self.d.endpoints.values() if e.name == ref]
+        if len(matches) == 1:
+            return matches[0]
+        raise errors.EndpointNotFound(f"unknown endpoint {ref[:MAX_ID_LENGTH]!r}")
+
+    # ------------------------------------------------------------ tasks
+    @_rpc
+    async def Submit(self, request: pb.SubmitRequest, context: Any) -> pb.SubmitReply:
+        owner = self.principal(context)
+        check_ids([t.task_id for t in request.tasks], "task")
+        policy = request.policy
+        self.d.policy(policy)  # unknown policy -> InvalidRequest before anything changes
+        live: list[LiveTask] = []
+        resolved: dict[str, str] = {}
+        for t in request.tasks:
+            fn = await self.function(t.function_id)
+            if len(t.args) > self.max_payload:
+                raise errors.PayloadTooLarge(
+                    f"task {t.task_id}: arguments are {len(t.args)} bytes; "
+                    f"the limit is {self.max_payload}")
+            requested = None
+            if t.endpoint:
+                if t.endpoint not in resolved:
+                    resolved[t.endpoint] = self._check_endpoint(t.endpoint, fn, request.fail_if_offline)
+                requested = resolved[t.endpoint]
+            live.append(LiveTask(t.task_id, fn.function_id, t.args, requested,
+                                 fn.python_version, policy))
+        if request.fail_if_offline and not self.d.links and any(t.requested is None for t in live):
+            raise errors.NoEligibleEndpoint("no endpoint is online")
+        # Resubmitting an id that is already live is a no-op (idempotent retries).
+        live = [t for t in live if t.task_id not in self.d.tasks]
+        self.d.route(live)
+        if request.fail_if_offline and any(t.endpoint_id is None for t in live):
+            raise errors.NoEligibleEndpoint(next(t.reason for t in live if t.endpoint_id is None))
+        now = time.time()
+        rows = [(t.task_id, t.function_id, int(TaskState.QUEUED), t.requested, t.endpoint_id,
+                 request.session_id, owner, t.reason, t.args, now) for t in live]
+        existing = await self.store.insert_tasks(rows)  # acknowledged only once committed
+        if request.session_id:
+            self.sessions.watch(request.session_id, (t.task_id for t in request.tasks))
+        self.d.enqueue(t for t in live if t.task_id not in existing)
+        if existing:
+            # Already stored (and perhaps finished): push what we know to the watcher.
+            await self._push_known(request.session_id, list(existing))
+        return pb.SubmitReply(task_ids=[t.task_id for t in request.tasks])
+
+    def _check_endpoint(self, ref: str, fn: FunctionRow, fail_if_offline: bool) -> str:
+        eid = self.resolve_endpoint(ref)
+        rec = self.d.endpoints[eid]
+        theirs = rec.capabilities.python_version if rec.capabilities else ""
+        if theirs and theirs != fn.python_version:
+            raise errors.VersionMismatch(
+                f"function {fn.name} was registered from Python {fn.python_version}, but "
+                f"endpoint {rec.name} runs Python {theirs}; register it from Python {theirs} "
+                f"or start the endpoint with Python {fn.python_version}")
+        if fail_if_offline and eid not in self.d.links:
+            raise errors.EndpointOffline(f"endpoint {rec.name} ({eid}) is offline")
+        return eid
+
+    async def results(self, task_ids: list[str]) -> list[pb.TaskResult]:
+        """Current result (or state) of each task; unknown ids get a TaskNotFound error."""
+        out: dict[str, pb.TaskResult] = {}
+        stored_ids = []
+        for tid in task_ids:
+            t = self.d.tasks.get(tid)
+            if t is not None:
+                out[tid] = pb.TaskResult(task_id=tid, state=int(t.state), endpoint_id=t.endpoint_id or "")
+            else:
+                stored_ids.append(tid)
+        if stored_ids:
+            rows = await self.store.get_tasks(stored_ids, with_result=True)
+            for tid in stored_ids:
+                row = rows.get(tid)
+                if row is None:
+                    out[tid] = pb.TaskResult(task_id=tid, error=pb.TaskError(
+                        type_name="TaskNotFound", message=f"unknown task id {tid!r}", kind="system"))
+                    continue
+                r = pb.TaskResult(task_id=tid, state=int(row.state), value=row.value or b"",
+                                  endpoint_id=row.endpoint_id or "", runtime_s=row.runtime_s or 0.0)
+                if row.error:
+                    r.error.ParseFromString(row.error)
+                out[tid] = r
+        return [out[tid] for tid in task_ids]
+
+    async def _push_known(self, session_id: str, task_ids: list[str]) -> None:
+        if session_id:
+            final = [r for r in await self.results(task_ids) if r.state in _FINAL or r.HasField("error")]
+            self.sessions.push_to(session_id, final)
+
+    @_rpc
+    async def GetResults(self, request: pb.GetResultsRequest, context: Any) -> pb.GetResultsReply:
+        ids = check_ids(request.task_ids, "task")
+        return pb.GetResultsReply(results=await self.results(ids))
+
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> Any:
+        if not request.session_id or len(request.session_id) > MAX_ID_LENGTH:
+            code, details, trailers = to_status(errors.InvalidRequest("session_id is required"))
+            context.set_trailing_metadata(trailers)
+            await context.abort(code, details)
+        session = self.sessions.open(request.session_id)
+        try:
+            yield pb.ResultBatch()  # "subscribed": later submissions will be pushed here
+            ids = list(request.task_ids)[:MAX_IDS_PER_CALL]
+            if ids:
+                # Interest first, then look: a result landing in between is pushed twice
+                # at worst, and the client keeps the first.
+                self.sessions.watch(session.session_id, ids)
+                await self._push_known(session.session_id, ids)
+            while True:
+                batch = await session.next_batch()
+                if not batch:
+                    return
+                yield pb.ResultBatch(results=batch)
+        finally:
+            self.sessions.close(session)
+
+    @_rpc
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> pb.SubscribeReply:
+        ids = check_ids(request.task_ids, "task")
+        self.sessions.watch(request.session_id, ids)
+        await self._push_known(request.session_id, ids)
+        return pb.SubscribeReply()
+
+    @_rpc
+    async def Cancel(self, request: pb.CancelRequest, context: Any) -> pb.CancelReply:
+        ids = check_ids(request.task_ids, "task")
+        cancelled = self.d.cancel(ids)
+        return pb.CancelReply(cancelled=[r.task_id for r in cancelled])
+
+    # ------------------------------------------------------------ listings
+    @_rpc
+    async def ListEndpoints(self, request: pb.ListEndpointsRequest, context: Any) -> pb.ListEndpointsReply:
+        out = []
+        for rec in sorted(self.d.endpoints.values(), key=lambda e: e.name):
+            link = self.d.links.get(rec.endpoint_id)
+            out.append(EndpointInfo(
+                endpoint_id=rec.endpoint_id, name=rec.name, online=link is not None,
+                capabilities=rec.capabilities,
+                free_slots=link.free_slots if link else 0,
+                queued_at_hub=sum(1 for tid in self.d.queues.get(rec.endpoint_id, ())
+                                  if tid in self.d.tasks),
+                in_flight=len(link.in_flight) if link else 0,
+                load=link.load if link else 0.0,
+                last_seen=rec.last_seen, completed=rec.completed,
+            ).to_proto())
+        return pb.ListEndpointsReply(endpoints=out)
+
+    @_rpc
+    async def ListTasks(self, request: pb.ListTasksRequest, context: Any) -> pb.ListTasksReply:
+        limit = min(request.limit or 50, MAX_TASKS_LISTED)
+        state = TaskState(request.state) if request.state else None
+        eid = self.resolve_endpoint(request.endpoint) if request.endpoint else None
+        rows = await self.store.list_tasks(limit, state, eid)
+        out = []
+        for r in rows:
+            live = self.d.tasks.get(r.task_id)
+            fn = self.d.functions.get(r.function_id)
+            ep = self.d.endpoints.get(r.endpoint_id or "")
+            out.append(TaskInfo(
+                task_id=r.task_id, function_id=r.function_id,
+                function_name=fn.name if fn else "",
+                state=live.state if live else r.state,
+                endpoint_id=r.endpoint_id or "", endpoint_name=ep.name if ep else "",
+                route_reason=(live.reason if live else r.route_reason) or "",
+                submitted_at=r.submitted_at, completed_at=r.completed_at or 0.0,
+                runtime_s=r.runtime_s or 0.0, error_type=r.error_type or "",
+            ).to_proto())
+        return pb.ListTasksReply(tasks=out)
+
+    @_rpc
+    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusReply:
+        by_state, functions = await self.store.counts()
+        return HubStatus(
+            version=self.version, uptime_s=time.time() - self.started,
+            endpoints_online=len(self.d.links), endpoints_total=len(self.d.endpoints),
+            tasks_by_state={s.name: n for s, n in by_state.items()},
+            functions=functions, store_path=self.store.path,
+        ).to_proto()
+
+
+_FINAL = (pb.SUCCESS, pb.FAILED, pb.CANCELLED)

@@ -1,0 +1,310 @@
+"""The hub's live view of work: tasks not yet final, endpoint links, queues.
+
+The dispatcher decides (through `scheduler.route`) where each task goes,
+hands tasks to links within the credits each endpoint granted, takes results
+(first one wins), requeues the work of a lost link, and tells the store and
+the result sessions. It never touches gRPC streams itself: servicers call it
+and carry its messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import scheduler
+from fabric import config
+from fabric._proto import fabric_pb2 as pb
+from fabric.hub.sessions import Sessions
+from fabric.hub.store import FunctionRow, TaskStore
+from fabric.models import Capabilities
+from fabric.states import Event, TaskState, can
+
+log = logging.getLogger("fabric.hub")
+
+
+class LiveTask:
+    """A task the hub still has to finish. Arguments stay opaque bytes."""
+
+    __slots__ = ("task_id", "function_id", "args", "requested", "endpoint_id", "state",
+                 "python_version", "policy", "reason")
+
+    def __init__(self, task_id: str, function_id: str, args: bytes, requested: str | None,
+                 python_version: str, policy: str) -> None:
+        self.task_id = task_id
+        self.function_id = function_id
+        self.args = args
+        self.requested = requested  # endpoint the user named, if any
+        self.endpoint_id: str | None = None  # where it is routed / running
+        self.state = TaskState.QUEUED
+        self.python_version = python_version
+        self.policy = policy
+        self.reason = ""
+
+
+@dataclass
+class EndpointRecord:
+    endpoint_id: str
+    name: str
+    owner: str
+    capabilities: Capabilities | None
+    last_seen: float = 0.0
+    completed: int = 0
+
+
+@dataclass(eq=False)
+class Link:
+    """One connected endpoint stream, as the dispatcher sees it."""
+
+    endpoint: EndpointRecord
+    credits: int = 0
+    in_flight: set[str] = field(default_factory=set)
+    sent_functions: set[str] = field(default_factory=set)
+    acks: list[str] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    last_heard: float = field(default_factory=time.monotonic)
+    load: float = 0.0
+    free_slots: int = 0
+    remote_queued: int = 0
+    closed: bool = False
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.endpoint.endpoint_id
+
+
+class Dispatcher:
+    def __init__(self, store: TaskStore, sessions: Sessions) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.tasks: dict[str, LiveTask] = {}
+        self.queues: dict[str, deque[str]] = {}  # endpoint id -> routed, unsent task ids
+        self.held: deque[str] = deque()  # no eligible endpoint yet
+        self.links: dict[str, Link] = {}
+        self.endpoints: dict[str, EndpointRecord] = {}
+        self.functions: dict[str, FunctionRow] = {}
+        self._policies: dict[str, scheduler.Policy] = {}
+        self.duplicates_dropped = 0
+
+    # ------------------------------------------------------------ routing
+    def policy(self, name: str) -> scheduler.Policy:
+        name = name or scheduler.DEFAULT_POLICY
+        if name not in self._policies:
+            self._policies[name] = scheduler.make_policy(name)  # ValueError if unknown
+        return self._policies[name]
+
+    def views(self) -> list[scheduler.EndpointView]:
+        out = []
+        for rec in self.endpoints.values():
+            link = self.links.get(rec.endpoint_id)
+            caps = rec.capabilities
+            out.append(scheduler.EndpointView(
+                endpoint_id=rec.endpoint_id,
+                name=rec.name,
+                online=link is not None,
+                python_version=caps.python_version if caps else "",
+                workers=caps.workers if caps else 1,
+                credits=link.credits if link else 0,
+                queued=len(self.queues.get(rec.endpoint_id, ())),
+                in_flight=len(link.in_flight) if link else 0,
+                gpus=caps.gpus if caps else 0,
+            ))
+        return out
+
+    def route(self, tasks: Sequence[LiveTask], views: list[scheduler.EndpointView] | None = None) -> None:
+        """Set `endpoint_id` and `reason` on each task (None when it must be held)."""
+        views = self.views() if views is None else views
+        for t in tasks:
+            decision = scheduler.route(
+                scheduler.TaskView(t.function_id, t.python_version, t.requested, len(t.args)),
+                views,
+                self.policy(t.policy),
+            )
+            if isinstance(decision, scheduler.Decision):
+                t.endpoint_id, t.reason = decision.endpoint_id, decision.reason
+            else:
+                t.endpoint_id, t.reason = None, decision.reason
+
+    def enqueue(self, tasks: Iterable[LiveTask], front: bool = False) -> None:
+        """Make routed tasks available to their link (or hold them) and wake links."""
+        woken: set[str] = set()
+        for t in tasks:
+            self.tasks[t.task_id] = t
+            if t.endpoint_id is None:
+                (self.held.appendleft if front else self.held.append)(t.task_id)
+                continue
+            q = self.queues.setdefault(t.endpoint_id, deque())
+            (q.appendleft if front else q.append)(t.task_id)
+            woken.add(t.endpoint_id)
+        for eid in woken:
+            link = self.links.get(eid)
+            if link is not None and link.credits > 0:
+                link.wake.set()
+
+    def route_held(self) -> None:
+        """Give held tasks another chance (an endpoint came online)."""
+        if not self.held:
+            return
+        pending = [self.tasks[tid] for tid in self.held if tid in self.tasks]
+        self.held.clear()
+        pending = [t for t in pending if t.state is TaskState.QUEUED]
+        self.route(pending)
+        moved = [(t.endpoint_id, t.reason, t.task_id) for t in pending if t.endpoint_id]
+        if moved:
+            self.store.set_routes(moved)
+        self.enqueue(pending)
+
+    # ------------------------------------------------------------ links
+    def link_up(self, link: Link, held_task_ids: Iterable[str]) -> None:
+        """An endpoint connected. Tasks it says it still holds count as in flight."""
+        old = self.links.get(link.endpoint_id)
+        if old is not None:
+            self.link_lost(old)
+        self.links[link.endpoint_id] = link
+        self.endpoints[link.endpoint_id] = link.endpoint
+        for tid in held_task_ids:
+            t = self.tasks.get(tid)
+            if t is None:  # finished or cancelled meanwhile: tell it to stop
+                link.cancels.append(tid)
+                continue
+            t.state, t.endpoint_id = TaskState.DISPATCHED, link.endpoint_id
+            link.in_flight.add(tid)
+        self.route_held()
+        link.wake.set()
+
+    def link_lost(self, link: Link) -> None:
+        """Requeue what the endpoint held: to the same endpoint when pinned, else re-route."""
+        if link.closed:
+            return
+        link.closed = True
+        link.wake.set()
+        if self.links.get(link.endpoint_id) is link:
+            del self.links[link.endpoint_id]
+        requeued = [self.tasks[tid] for tid in link.in_flight if tid in self.tasks]
+        link.in_flight.clear()
+        if not requeued:
+            return
+        for t in requeued:
+            t.state = TaskState.QUEUED
+        pinned = [t for t in requeued if t.requested]
+        free = [t for t in requeued if not t.requested]
+        self.route(free)
+        self.store.mark_queued([t.task_id for t in requeued])
+        self.enqueue(pinned + free, front=True)
+        log.warning("link to %s lost: %d tasks requeued", link.endpoint.name, len(requeued))
+
+    def take(self, link: Link) -> pb.HubMessage | None:
+        """The next message for `link`: tasks within its credits, bodies, acks, cancels."""
+        msg = pb.HubMessage()
+        q = self.queues.get(link.endpoint_id)
+        sent: list[str] = []
+        size = 0
+        while q and link.credits > 0 and len(sent) < config.MAX_TASKS_PER_BATCH:
+            tid = q.popleft()
+            t = self.tasks.get(tid)
+            # Stale entries (cancelled, finished, re-routed) are skipped lazily.
+            if t is None or t.state is not TaskState.QUEUED or t.endpoint_id != link.endpoint_id:
+                continue
+            if sent and size + len(t.args) > config.MAX_BATCH_BYTES:
+                q.appendleft(tid)
+                break
+            if t.function_id not in link.sent_functions:
+                fn = self.functions[t.function_id]
+                msg.functions.add(function_id=fn.function_id, body=fn.body)
+                link.sent_functions.add(t.function_id)
+            msg.tasks.add(task_id=tid, function_id=t.function_id, args=t.args)
+            t.state = TaskState.DISPATCHED
+            link.in_flight.add(tid)
+            link.credits -= 1
+            size += len(t.args)
+            sent.append(tid)
+        if sent:
+            self.store.mark_dispatched(sent, link.endpoint_id, time.time())
+            if q and link.credits > 0:
+                link.wake.set()  # more to send: go round again after this write
+        if link.acks:
+            msg.acks.extend(link.acks)
+            link.acks.clear()
+        if link.cancels:
+            msg.cancel.extend(link.cancels)
+            link.cancels.clear()
+        if not (sent or msg.acks or msg.cancel):
+            return None
+        return msg
+
+    # ------------------------------------------------------------ results
+    def on_results(self, link: Link, results: Sequence[pb.TaskResult]) -> None:
+        """Record results; the first one for a task wins, later ones are only acknowledged."""
+        now = time.time()
+        rows, fresh, dup = [], [], []
+        for r in results:
+            t = self.tasks.get(r.task_id)
+            event = Event.SUCCEED if r.state == pb.SUCCESS else Event.FAIL
+            if t is None or not can(t.state, event):
+                dup.append(r.task_id)
+                continue
+            del self.tasks[r.task_id]
+            link.in_flight.discard(r.task_id)
+            if not r.endpoint_id:
+                r.endpoint_id = link.endpoint_id
+            error = r.error.SerializeToString() if r.HasField("error") else None
+            rows.append((int(r.state), r.value or None, error, r.error.type_name or None,
+                         link.endpoint_id, now, r.runtime_s, r.task_id))
+            fresh.append(r)
+        link.endpoint.completed += len(fresh)
+        if dup:
+            self.duplicates_dropped += len(dup)
+            link.acks.extend(dup)
+            link.wake.set()
+        if not rows:
+            return
+        done = self.store.finish_tasks(rows)
+
+        # Acknowledge and publish only once the results are durable.
+        def committed(fut: asyncio.Future[None]) -> None:
+            if fut.exception() is not None:
+                log.error("storing %d results failed: %s", len(rows), fut.exception())
+                return
+            if not link.closed:
+                link.acks.extend(r.task_id for r in fresh)
+                link.wake.set()
+            self.sessions.publish(fresh)
+
+        done.add_done_callback(committed)
+
+    # ------------------------------------------------------------ cancel
+    def cancel(self, task_ids: Iterable[str]) -> list[pb.TaskResult]:
+        """Cancel tasks that are not final yet; returns their CANCELLED results."""
+        now = time.time()
+        out, rows = [], []
+        for tid in task_ids:
+            t = self.tasks.get(tid)
+            if t is None or not can(t.state, Event.CANCEL):
+                continue
+            if t.state is TaskState.DISPATCHED and t.endpoint_id in self.links:
+                link = self.links[t.endpoint_id]
+                link.in_flight.discard(tid)
+                link.cancels.append(tid)
+                link.wake.set()
+            del self.tasks[tid]
+            err = pb.TaskError(type_name="TaskCancelled", message="cancelled by the user",
+                               kind="cancelled")
+            out.append(pb.TaskResult(task_id=tid, state=pb.CANCELLED, error=err,
+                                     endpoint_id=t.endpoint_id or ""))
+            rows.append((int(TaskState.CANCELLED), None, err.SerializeToString(),
+                         "TaskCancelled", None, now, 0.0, tid))
+        if rows:
+            done = self.store.finish_tasks(rows)
+            done.add_done_callback(lambda f: f.exception() or self.sessions.publish(out))
+        return out
+
+    # ------------------------------------------------------------ health
+    def expire_links(self, silent_after: float) -> list[Link]:
+        """Links that have said nothing for `silent_after` seconds."""
+        now = time.monotonic()
+        return [l for l in self.links.values() if now - l.last_heard > silent_after]

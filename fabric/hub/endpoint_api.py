@@ -1,0 +1,116 @@
+"""EndpointService: the one bidirectional stream each endpoint keeps open.
+
+The endpoint dials out and says Hello; the hub answers Welcome with the
+endpoint's stable id. From then on two loops share the stream: the reader
+takes credits, results and heartbeats; the writer sends task batches within
+the credits, result acks and cancels, coalescing whatever accumulated while
+its previous write was in flight (no timers on the hot path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import grpc
+
+from fabric._proto import fabric_pb2 as pb
+from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.hub.dispatch import Dispatcher, EndpointRecord, Link
+from fabric.hub.store import TaskStore
+from fabric.models import Capabilities
+from fabric.wire import ERROR_KEY
+
+log = logging.getLogger("fabric.hub")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_CREDITS = 1_000_000
+
+
+class EndpointApi(pb_grpc.EndpointServiceServicer):
+    def __init__(self, dispatcher: Dispatcher, store: TaskStore, heartbeat_period: float) -> None:
+        self.d = dispatcher
+        self.store = store
+        self.heartbeat_period = heartbeat_period
+        self.handlers: dict[Link, asyncio.Task[Any]] = {}
+
+    def principal(self, context: grpc.aio.ServicerContext) -> str:
+        """Who owns this endpoint. Endpoint tokens plug in here."""
+        return "local"
+
+    async def _reject(self, context: Any, kind: str, details: str) -> None:
+        context.set_trailing_metadata(((ERROR_KEY, kind),))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        first = await context.read()
+        if first is grpc.aio.EOF or not first.HasField("hello"):
+            await self._reject(context, "INVALID_REQUEST", "the first message must be a Hello")
+        hello = first.hello
+        if not NAME_RE.match(hello.name):
+            await self._reject(context, "INVALID_REQUEST",
+                               f"bad endpoint name {hello.name[:64]!r}: use 1-64 of [A-Za-z0-9._-]")
+        caps = Capabilities.from_proto(hello.capabilities)
+        owner = self.principal(context)
+        eid = await self.store.upsert_endpoint(owner, hello.name, "ep-" + uuid.uuid4().hex,
+                                               caps.to_dict())
+        rec = self.d.endpoints.get(eid) or EndpointRecord(eid, hello.name, owner, caps)
+        rec.capabilities, rec.last_seen = caps, time.time()
+        link = Link(rec)
+        await context.write(pb.HubMessage(welcome=pb.Welcome(
+            endpoint_id=eid, heartbeat_period_s=self.heartbeat_period)))
+        self.d.link_up(link, hello.held_task_ids)
+        self.handlers[link] = asyncio.current_task()  # type: ignore[assignment]
+        log.info("endpoint %s (%s) connected from %s: %d workers, Python %s",
+                 rec.name, eid, context.peer(), caps.workers, caps.python_version)
+        writer = asyncio.create_task(self._write_loop(link, context))
+        try:
+            await self._read_loop(link, context, first)
+        finally:
+            writer.cancel()
+            self.handlers.pop(link, None)
+            rec.last_seen = time.time()
+            self.store.touch_endpoint(eid, rec.last_seen)
+            self.d.link_lost(link)
+            log.info("endpoint %s (%s) disconnected", rec.name, eid)
+
+    async def _read_loop(self, link: Link, context: Any, first: pb.EndpointMessage) -> None:
+        msg = first
+        while True:
+            link.last_heard = time.monotonic()
+            if msg.credits:
+                if not 0 < msg.credits <= MAX_CREDITS:
+                    await self._reject(context, "INVALID_REQUEST", f"bad credit grant {msg.credits}")
+                link.credits = min(link.credits + msg.credits, MAX_CREDITS)
+                link.wake.set()
+            if msg.results:
+                self.d.on_results(link, msg.results)
+            if msg.HasField("heartbeat"):
+                hb = msg.heartbeat
+                link.load, link.free_slots, link.remote_queued = hb.load, hb.free_slots, hb.queued
+                link.endpoint.last_seen = time.time()
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return
+
+    async def _write_loop(self, link: Link, context: Any) -> None:
+        while not link.closed:
+            try:
+                await asyncio.wait_for(link.wake.wait(), timeout=self.heartbeat_period)
+            except asyncio.TimeoutError:
+                await context.write(pb.HubMessage(heartbeat=pb.Heartbeat(sent_at=time.time())))
+                continue
+            link.wake.clear()
+            msg = self.d.take(link)
+            if msg is not None:
+                await context.write(msg)
+
+    def drop(self, link: Link) -> None:
+        """End a link's stream (heartbeats stopped): its handler's cleanup requeues the work."""
+        task = self.handlers.pop(link, None)
+        if task is not None:
+            task.cancel()

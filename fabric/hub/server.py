@@ -1,0 +1,161 @@
+"""The hub process: one grpc.aio server, the task store and the dispatcher.
+
+Lifecycle: `await hub.start()` (opens the store, reloads unfinished tasks,
+binds the port), `await hub.wait_closed()`, `await hub.shutdown()`
+(idempotent: stops accepting, ends streams, commits and closes the store).
+`async with Hub(config) as hub:` does start and shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from fabric import __version__, config
+from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.hub.client_api import ClientApi
+from fabric.hub.dispatch import Dispatcher, EndpointRecord, LiveTask
+from fabric.hub.endpoint_api import EndpointApi
+from fabric.hub.sessions import Sessions
+from fabric.hub.store import TaskStore
+from fabric.models import Capabilities
+
+log = logging.getLogger("fabric.hub")
+
+
+@dataclass
+class HubConfig:
+    host: str = "127.0.0.1"
+    port: int = config.DEFAULT_PORT  # 0 = pick a free port
+    store_path: str = field(default_factory=lambda: str(config.home() / "hub.db"))
+    max_payload: int = config.DEFAULT_MAX_PAYLOAD
+    heartbeat_period: float = config.DEFAULT_HEARTBEAT_PERIOD_S
+    heartbeat_misses: int = config.DEFAULT_HEARTBEAT_MISSES
+
+
+class Hub:
+    def __init__(self, cfg: HubConfig | None = None) -> None:
+        self.config = cfg or HubConfig()
+        self.store = TaskStore(self.config.store_path)
+        self.sessions = Sessions()
+        self.dispatcher = Dispatcher(self.store, self.sessions)
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._endpoint_api: EndpointApi | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._shutdown_started = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> "Hub":
+        cfg = self.config
+        await self.store.open()
+        await self._reload()
+        limit = cfg.max_payload + 16 * 1024 * 1024
+        self._server = grpc.aio.server(options=[
+            *config.grpc_options(limit),
+            # Endpoints ping idle streams; allow it rather than sending GOAWAY.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ])
+        pb_grpc.add_ClientServiceServicer_to_server(
+            ClientApi(self.dispatcher, self.store, self.sessions, cfg.max_payload, __version__),
+            self._server,
+        )
+        self._endpoint_api = EndpointApi(self.dispatcher, self.store, cfg.heartbeat_period)
+        pb_grpc.add_EndpointServiceServicer_to_server(self._endpoint_api, self._server)
+        self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if not self.port:
+            raise OSError(f"could not bind {cfg.host}:{cfg.port}")
+        await self._server.start()
+        self._watchdog = asyncio.create_task(self._watch_links())
+        log.info("hub listening on %s (store %s)", self.address, cfg.store_path)
+        return self
+
+    async def _reload(self) -> None:
+        """After a restart: known endpoints, functions used by unfinished tasks, the tasks."""
+        d = self.dispatcher
+        for row in await self.store.endpoints():
+            caps = Capabilities.from_dict(row.capabilities) if row.capabilities else None
+            d.endpoints[row.endpoint_id] = EndpointRecord(row.endpoint_id, row.name, row.owner,
+                                                          caps, row.last_seen)
+        rows = await self.store.unfinished_tasks()
+        live = []
+        for r in rows:
+            fn = d.functions.get(r.function_id) or await self.store.get_function(r.function_id)
+            if fn is None:
+                continue
+            d.functions[fn.function_id] = fn
+            t = LiveTask(r.task_id, r.function_id, r.args or b"", r.requested_endpoint,
+                         fn.python_version, "")
+            # Routed tasks (dispatched ones included) wait for the endpoint they were
+            # routed to: if it still holds one, it says so in its Hello and the task is
+            # not sent twice.
+            t.endpoint_id, t.reason = r.endpoint_id, r.route_reason
+            live.append(t)
+        routed = [t for t in live if t.endpoint_id]
+        d.route([t for t in live if not t.endpoint_id])
+        d.enqueue(routed)
+        d.enqueue(t for t in live if t not in routed)
+        if live:
+            log.info("reloaded %d unfinished tasks", len(live))
+
+    async def _watch_links(self) -> None:
+        period = self.config.heartbeat_period
+        silent_after = period * self.config.heartbeat_misses
+        while True:
+            await asyncio.sleep(period / 2)
+            for link in self.dispatcher.expire_links(silent_after):
+                log.warning("endpoint %s silent for %.1fs: dropping its link",
+                            link.endpoint.name, silent_after)
+                assert self._endpoint_api is not None
+                self._endpoint_api.drop(link)
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+    async def shutdown(self, grace: float = 1.0) -> None:
+        if self._shutdown_started:
+            await self._stopped.wait()
+            return
+        self._shutdown_started = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for session in list(self.sessions._sessions.values()):
+            self.sessions.close(session)
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.store.close()
+        self._stopped.set()
+        log.info("hub stopped")
+
+    async def __aenter__(self) -> "Hub":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.shutdown()
+
+
+def run_hub(cfg: HubConfig) -> None:
+    """Run a hub in this process until SIGINT/SIGTERM (used by `fabric hub`)."""
+    import signal
+
+    from fabric.loop import run
+
+    async def main() -> None:
+        hub = Hub(cfg)
+        await hub.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.shutdown()))
+        print(f"fabric hub listening on {hub.address}  (store: {cfg.store_path})", flush=True)
+        await hub.wait_closed()
+
+    run(main())

@@ -1,0 +1,90 @@
+"""Result push: the open Watch streams of clients and who waits for which task.
+
+A client opens one Watch stream per session; results of tasks it submitted
+under that session, or subscribed to, are pushed on it as they are stored.
+Nothing here polls: `publish()` is called by the dispatcher after a commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Iterable
+
+from fabric._proto import fabric_pb2 as pb
+
+
+class Session:
+    """One open Watch stream: an outbox the stream handler drains in batches."""
+
+    __slots__ = ("session_id", "_outbox", "_ready", "closed")
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self._outbox: list[pb.TaskResult] = []
+        self._ready = asyncio.Event()
+        self.closed = False
+
+    def push(self, result: pb.TaskResult) -> None:
+        self._outbox.append(result)
+        self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    async def next_batch(self, max_results: int = 4096) -> list[pb.TaskResult]:
+        """Everything queued since the last call (waits for at least one); [] once closed."""
+        while not self._outbox:
+            if self.closed:
+                return []
+            self._ready.clear()
+            await self._ready.wait()
+        batch = self._outbox[:max_results]
+        del self._outbox[:max_results]
+        return batch
+
+
+class Sessions:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._interest: defaultdict[str, set[str]] = defaultdict(set)
+
+    def open(self, session_id: str) -> Session:
+        # A client that reconnects reuses its id: the newest stream wins.
+        old = self._sessions.get(session_id)
+        if old is not None:
+            old.close()
+        session = self._sessions[session_id] = Session(session_id)
+        return session
+
+    def close(self, session: Session) -> None:
+        session.close()
+        if self._sessions.get(session.session_id) is session:
+            del self._sessions[session.session_id]
+
+    def watch(self, session_id: str, task_ids: Iterable[str]) -> None:
+        for tid in task_ids:
+            self._interest[tid].add(session_id)
+
+    def publish(self, results: Iterable[pb.TaskResult]) -> None:
+        interest, sessions = self._interest, self._sessions
+        for r in results:
+            for sid in interest.pop(r.task_id, ()):
+                session = sessions.get(sid)
+                if session is not None:
+                    session.push(r)
+
+    def push_to(self, session_id: str, results: Iterable[pb.TaskResult]) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None:
+            for r in results:
+                session.push(r)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self._interest)

@@ -1,0 +1,418 @@
+"""The hub's durable task store: SQLite (WAL) through sqlite-utils.
+
+Every read and write runs on one dedicated thread, so the event loop never
+blocks on the disk. Writes are grouped: whatever the loop queued while the
+previous transaction ran is committed together in the next one (group
+commit), and the callers that need durability await their batch's commit.
+
+The store keeps function bodies, arguments and results as opaque bytes; it
+never unpickles them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import sqlite_utils
+
+from fabric.states import TaskState
+
+Op = Callable[[sqlite3.Connection], Any]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(slots=True)
+class FunctionRow:
+    function_id: str
+    name: str
+    body: bytes
+    python_version: str
+    owner: str
+
+
+@dataclass(slots=True)
+class EndpointRow:
+    endpoint_id: str
+    name: str
+    owner: str
+    capabilities: dict[str, Any]
+    last_seen: float
+
+
+@dataclass(slots=True)
+class TaskRow:
+    """A task as stored; `args` is only loaded when asked for."""
+
+    task_id: str
+    function_id: str
+    state: TaskState
+    requested_endpoint: str | None
+    endpoint_id: str | None
+    session_id: str
+    owner: str
+    route_reason: str
+    submitted_at: float
+    completed_at: float | None
+    runtime_s: float | None
+    error_type: str | None
+    args: bytes | None = None
+    value: bytes | None = None
+    error: bytes | None = None  # serialized TaskError message (protobuf bytes)
+
+
+class TaskStore:
+    """Owns the SQLite file. Start with `await open()`, end with `await close()`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fabric-store")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Op, asyncio.Future[Any] | None]] = []
+        self._flushing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.commits = 0  # transactions run, for tests and metrics
+
+    # ------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(self._executor, self._open_sync)
+
+    def _open_sync(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; no fsync per commit
+        conn.execute("PRAGMA busy_timeout=5000")
+        db = sqlite_utils.Database(conn)
+        if "functions" not in db.table_names():
+            db["functions"].create(
+                {"function_id": str, "name": str, "body": bytes, "python_version": str,
+                 "owner": str, "created_at": float},
+                pk="function_id",
+            )
+        if "endpoints" not in db.table_names():
+            db["endpoints"].create(
+                {"endpoint_id": str, "name": str, "owner": str, "capabilities": str,
+                 "last_seen": float, "created_at": float},
+                pk="endpoint_id",
+            )
+            db["endpoints"].create_index(["owner", "name"], unique=True)
+        if "tasks" not in db.table_names():
+            db["tasks"].create(
+                {"task_id": str, "function_id": str, "state": int, "requested_endpoint": str,
+                 "endpoint_id": str, "session_id": str, "owner": str, "route_reason": str,
+                 "args": bytes, "value": bytes, "error": bytes, "error_type": str,
+                 "submitted_at": float, "dispatched_at": float, "completed_at": float,
+                 "runtime_s": float, "attempts": int},
+                pk="task_id",
+            )
+            db["tasks"].create_index(["state"])
+            db["tasks"].create_index(["endpoint_id", "state"])
+            db["tasks"].create_index(["submitted_at"])
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._conn = conn
+
+    async def close(self) -> None:
+        """Commit what is queued, then close the file. Idempotent."""
+        if self._closed:
+            return
+        while self._pending or self._flushing:
+            await self.flush()
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_sync)
+        self._executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    # ------------------------------------------------------------ group commit
+    def write(self, op: Op, *, wait: bool = True) -> asyncio.Future[Any] | None:
+        """Queue `op` for the next transaction; returns a future of its result if `wait`."""
+        if self._closed:
+            raise RuntimeError("task store is closed")
+        fut = self._loop.create_future() if wait else None  # type: ignore[union-attr]
+        self._pending.append((op, fut))
+        if not self._flushing:
+            self._flushing = True
+            self._loop.call_soon(self._start_flush)  # type: ignore[union-attr]
+        return fut
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        fut = self.write(lambda conn: None)
+        await fut  # type: ignore[misc]
+
+    def _start_flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = self._loop.run_in_executor(self._executor, self._commit, batch)  # type: ignore[union-attr]
+        task.add_done_callback(lambda f: self._committed(f, batch))
+
+    def _commit(self, batch: list[tuple[Op, Any]]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        assert conn is not None
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN")
+        try:
+            for op, _ in batch:
+                # One failing op must not lose the others: savepoint each.
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, op(conn)))
+                    conn.execute("RELEASE op")
+                except Exception as exc:  # reported to that op's caller only
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((False, exc))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        return outcomes
+
+    def _committed(self, done: asyncio.Future[Any], batch: list[tuple[Op, Any]]) -> None:
+        exc = done.exception()
+        for i, (_, fut) in enumerate(batch):
+            if fut is None or fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+                continue
+            ok, value = done.result()[i]
+            fut.set_result(value) if ok else fut.set_exception(value)
+        if self._pending:
+            self._start_flush()
+        else:
+            self._flushing = False
+
+    async def read(self, op: Op) -> Any:
+        """Run a read on the store thread (sees everything committed before it)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, op, self._conn)
+
+    # ------------------------------------------------------------ functions
+    def put_function(self, row: FunctionRow) -> asyncio.Future[Any]:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO functions VALUES (?,?,?,?,?,?)",
+                (row.function_id, row.name, row.body, row.python_version, row.owner, time.time()),
+            )
+
+        return self.write(op)  # type: ignore[return-value]
+
+    async def get_function(self, function_id: str) -> FunctionRow | None:
+        def op(conn: sqlite3.Connection) -> FunctionRow | None:
+            r = conn.execute(
+                "SELECT function_id, name, body, python_version, owner FROM functions "
+                "WHERE function_id=?",
+                (function_id,),
+            ).fetchone()
+            return FunctionRow(*r) if r else None
+
+        return await self.read(op)
+
+    # ------------------------------------------------------------ endpoints
+    async def upsert_endpoint(self, owner: str, name: str, new_id: str, caps: dict[str, Any]) -> str:
+        """The endpoint id for (owner, name): existing one, or `new_id` if first seen."""
+
+        def op(conn: sqlite3.Connection) -> str:
+            now = time.time()
+            r = conn.execute(
+                "SELECT endpoint_id FROM endpoints WHERE owner=? AND name=?", (owner, name)
+            ).fetchone()
+            endpoint_id = r[0] if r else new_id
+            if r:
+                conn.execute(
+                    "UPDATE endpoints SET capabilities=?, last_seen=? WHERE endpoint_id=?",
+                    (json.dumps(caps), now, endpoint_id),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO endpoints VALUES (?,?,?,?,?,?)",
+                    (endpoint_id, name, owner, json.dumps(caps), now, now),
+                )
+            return endpoint_id
+
+        return await self.write(op)  # type: ignore[misc]
+
+    def touch_endpoint(self, endpoint_id: str, when: float) -> None:
+        self.write(
+            lambda conn: conn.execute(
+                "UPDATE endpoints SET last_seen=? WHERE endpoint_id=?", (when, endpoint_id)
+            ),
+            wait=False,
+        )
+
+    async def endpoints(self) -> list[EndpointRow]:
+        def op(conn: sqlite3.Connection) -> list[EndpointRow]:
+            rows = conn.execute(
+                "SELECT endpoint_id, name, owner, capabilities, last_seen FROM endpoints"
+            ).fetchall()
+            return [EndpointRow(r[0], r[1], r[2], json.loads(r[3] or "{}"), r[4]) for r in rows]
+
+        return await self.read(op)
+
+    # ------------------------------------------------------------ tasks
+    def insert_tasks(self, rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
+        """Rows of (task_id, function_id, state, requested_endpoint, endpoint_id, session_id,
+        owner, route_reason, args, submitted_at). Ids already stored are left alone
+        (idempotent resubmission); the future's result is the set of those ids."""
+
+        def op(conn: sqlite3.Connection) -> set[str]:
+            existing: set[str] = set()
+            ids = [r[0] for r in rows]
+            for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                existing.update(
+                    r[0] for r in conn.execute(
+                        f"SELECT task_id FROM tasks WHERE task_id IN ({marks})", chunk)
+                )
+            conn.executemany(
+                "INSERT OR IGNORE INTO tasks (task_id, function_id, state, requested_endpoint, "
+                "endpoint_id, session_id, owner, route_reason, args, submitted_at, attempts) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,0)",
+                rows,
+            )
+            return existing
+
+        return self.write(op)  # type: ignore[return-value]
+
+    def set_routes(self, routes: Iterable[tuple[str, str, str]]) -> None:
+        """(endpoint_id, reason, task_id) for tasks routed after submission."""
+        routes = list(routes)
+        self.write(
+            lambda conn: conn.executemany(
+                "UPDATE tasks SET endpoint_id=?, route_reason=? WHERE task_id=?", routes
+            ),
+            wait=False,
+        )
+
+    def mark_dispatched(self, task_ids: Sequence[str], endpoint_id: str, when: float) -> None:
+        # Not awaited: a crash before this commits only means the task runs again
+        # (delivery is at-least-once), never that it is lost.
+        rows = [(endpoint_id, when, tid) for tid in task_ids]
+        self.write(
+            lambda conn: conn.executemany(
+                f"UPDATE tasks SET state={int(TaskState.DISPATCHED)}, endpoint_id=?, "
+                "dispatched_at=?, attempts=attempts+1 WHERE task_id=?",
+                rows,
+            ),
+            wait=False,
+        )
+
+    def mark_queued(self, task_ids: Sequence[str]) -> None:
+        rows = [(tid,) for tid in task_ids]
+        self.write(
+            lambda conn: conn.executemany(
+                f"UPDATE tasks SET state={int(TaskState.QUEUED)} WHERE task_id=?", rows
+            ),
+            wait=False,
+        )
+
+    def finish_tasks(self, rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
+        """Rows of (state, value, error, error_type, endpoint_id, completed_at, runtime_s, task_id).
+        Drops the arguments: a finished task never runs again."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE tasks SET state=?, value=?, error=?, error_type=?, "
+                "endpoint_id=COALESCE(?, endpoint_id), completed_at=?, runtime_s=?, args=NULL "
+                "WHERE task_id=?",
+                rows,
+            )
+
+        return self.write(op)  # type: ignore[return-value]
+
+    async def unfinished_tasks(self) -> list[TaskRow]:
+        """Queued and dispatched tasks with their arguments: what a restarted hub reloads."""
+        return await self.read(
+            lambda conn: [
+                _task_row(r, with_payload=True)
+                for r in conn.execute(
+                    _SELECT_TASK + ", args, NULL, NULL FROM tasks WHERE state IN (?,?) "
+                    "ORDER BY submitted_at",
+                    (int(TaskState.QUEUED), int(TaskState.DISPATCHED)),
+                )
+            ]
+        )
+
+    async def get_tasks(self, task_ids: Sequence[str], with_result: bool = False) -> dict[str, TaskRow]:
+        cols = ", NULL, value, error" if with_result else ", NULL, NULL, NULL"
+
+        def op(conn: sqlite3.Connection) -> dict[str, TaskRow]:
+            out: dict[str, TaskRow] = {}
+            ids = list(task_ids)
+            for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for r in conn.execute(
+                    f"{_SELECT_TASK}{cols} FROM tasks WHERE task_id IN ({marks})", chunk
+                ):
+                    row = _task_row(r, with_payload=True)
+                    out[row.task_id] = row
+            return out
+
+        return await self.read(op)
+
+    async def list_tasks(
+        self, limit: int, state: TaskState | None = None, endpoint_id: str | None = None
+    ) -> list[TaskRow]:
+        where, params = [], []
+        if state is not None:
+            where.append("state=?")
+            params.append(int(state))
+        if endpoint_id is not None:
+            where.append("endpoint_id=?")
+            params.append(endpoint_id)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        sql = f"{_SELECT_TASK} FROM tasks {clause} ORDER BY submitted_at DESC LIMIT ?"
+        return await self.read(
+            lambda conn: [_task_row(r) for r in conn.execute(sql, (*params, limit))]
+        )
+
+    async def counts(self) -> tuple[dict[TaskState, int], int]:
+        def op(conn: sqlite3.Connection) -> tuple[dict[TaskState, int], int]:
+            by_state = {
+                TaskState(s): n
+                for s, n in conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+            }
+            functions = conn.execute("SELECT COUNT(*) FROM functions").fetchone()[0]
+            return by_state, functions
+
+        return await self.read(op)
+
+
+_SELECT_TASK = (
+    "SELECT task_id, function_id, state, requested_endpoint, endpoint_id, session_id, owner, "
+    "route_reason, submitted_at, completed_at, runtime_s, error_type"
+)
+
+
+def _task_row(r: Sequence[Any], with_payload: bool = False) -> TaskRow:
+    row = TaskRow(
+        r[0], r[1], TaskState(r[2]), r[3], r[4], r[5] or "", r[6] or "", r[7] or "",
+        r[8], r[9], r[10], r[11],
+    )
+    if with_payload:
+        row.args, row.value, row.error = r[12], r[13], r[14]
+    return row
+
+
+__all__ = ["TaskStore", "FunctionRow", "EndpointRow", "TaskRow"]

@@ -1,0 +1,102 @@
+"""Turning functions, arguments and results into bytes and back.
+
+Used by the client (which pickles functions and arguments and unpickles
+results) and by workers (the reverse). The hub and the endpoint agent only
+move these bytes around: they never call anything here that unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import cloudpickle
+
+from fabric.config import PYTHON_VERSION
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def dumps_function(fn: Callable[..., Any]) -> bytes:
+    return cloudpickle.dumps(fn, protocol=PROTOCOL)
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    return f"{module}.{name}"
+
+
+def function_id(owner: str, body: bytes, python_version: str = PYTHON_VERSION) -> str:
+    """Content address of a function: registering the same body twice gives one id."""
+    digest = hashlib.sha256()
+    for part in (owner.encode(), b"\0", python_version.encode(), b"\0", body):
+        digest.update(part)
+    return "fn-" + digest.hexdigest()[:32]
+
+
+def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    # Plain pickle first: it is several times faster than cloudpickle for the
+    # common case (numbers, arrays, strings); cloudpickle for lambdas & co.
+    try:
+        return pickle.dumps((args, kwargs), protocol=PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps((args, kwargs), protocol=PROTOCOL)
+
+
+def loads_args(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args, kwargs = pickle.loads(payload)
+    return args, kwargs
+
+
+def dumps_value(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(value, protocol=PROTOCOL)
+
+
+def loads(payload: bytes) -> Any:
+    """Unpickle a function body or a result value (cloudpickle output is plain pickle)."""
+    return pickle.loads(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A failure, as it travels from the worker to the client."""
+
+    type_name: str
+    message: str
+    traceback: str = ""
+    exception: bytes = b""  # cloudpickled exception, b"" when it would not pickle
+    kind: str = "user"  # "user" | "worker_died" | "cancelled" | "system"
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, kind: str = "user") -> "ErrorInfo":
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            pickled = cloudpickle.dumps(exc, protocol=PROTOCOL)
+            pickle.loads(pickled)  # some exceptions pickle but cannot be rebuilt
+        except Exception:
+            pickled = b""
+        return cls(type(exc).__qualname__, str(exc), tb, pickled, kind)
+
+    def to_exception(self, task_id: str) -> Exception:
+        """The exception a client raises for this failure (a TaskFailed subclass)."""
+        from fabric.errors import TaskCancelled, TaskFailed, WorkerDied
+
+        if self.kind == "cancelled":
+            return TaskCancelled(f"task {task_id} was cancelled: {self.message}")
+        cause = None
+        if self.exception:
+            try:
+                cause = pickle.loads(self.exception)
+            except Exception:  # the exception's class is not importable here
+                cause = None
+            if not isinstance(cause, BaseException):
+                cause = None
+        cls = WorkerDied if self.kind == "worker_died" else TaskFailed
+        return cls(task_id, self.type_name, self.message, self.traceback, cause)

@@ -1,0 +1,181 @@
+"""Tier 1: pure logic, no sockets: scheduler, task states, error mapping, codecs."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import scheduler
+from fabric import errors
+from fabric.models import Capabilities, EndpointInfo, TaskInfo
+from fabric.serialize import ErrorInfo, dumps_args, function_id, loads_args
+from fabric.states import FINAL, Event, IllegalTransition, TaskState, can, next_state
+from fabric.wire import ERROR_KEY, from_rpc_error, to_status
+
+# ---------------------------------------------------------------- scheduler
+
+views = st.builds(
+    scheduler.EndpointView,
+    endpoint_id=st.text("abcdef", min_size=1, max_size=4),
+    name=st.just("x"),
+    online=st.booleans(),
+    python_version=st.sampled_from(["3.10", "3.11", "3.12"]),
+    workers=st.integers(1, 64),
+    credits=st.integers(0, 100),
+    queued=st.integers(0, 100),
+    in_flight=st.integers(0, 100),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(views, max_size=8, unique_by=lambda v: v.endpoint_id),
+       st.sampled_from(sorted(scheduler.POLICIES)), st.integers(1, 30))
+def test_policies_only_choose_online_endpoints_with_the_same_python(eps, name, n):
+    policy = scheduler.make_policy(name)
+    task = scheduler.TaskView("fn", "3.11")
+    ok = {e.endpoint_id for e in eps if e.online and e.python_version == "3.11"}
+    for _ in range(n):
+        d = scheduler.route(task, eps, policy)
+        if ok:
+            assert isinstance(d, scheduler.Decision) and d.endpoint_id in ok
+        else:
+            assert isinstance(d, scheduler.Hold) and d.reason
+
+
+def test_round_robin_spreads_evenly_and_is_deterministic():
+    eps = [scheduler.EndpointView(f"e{i}", f"e{i}", True, "3.11") for i in range(3)]
+    picks = [scheduler.route(scheduler.TaskView("f", "3.11"), eps, scheduler.RoundRobin()).endpoint_id
+             for _ in range(1)]
+    rr = scheduler.RoundRobin()
+    picks = [rr.choose(scheduler.TaskView("f", "3.11"), eps).endpoint_id for _ in range(9)]
+    assert picks == ["e0", "e1", "e2"] * 3
+    rr2 = scheduler.RoundRobin()
+    assert picks == [rr2.choose(scheduler.TaskView("f", "3.11"), eps[::-1]).endpoint_id for _ in range(9)]
+
+
+def test_named_endpoint_wins_even_when_offline():
+    eps = [scheduler.EndpointView("a", "a", False, "3.11")]
+    d = scheduler.route(scheduler.TaskView("f", "3.11", endpoint_id="a"), eps, scheduler.RoundRobin())
+    assert d == scheduler.Decision("a", "named by the user")
+
+
+def test_hold_reason_names_the_python_version():
+    eps = [scheduler.EndpointView("a", "a", True, "3.12")]
+    d = scheduler.route(scheduler.TaskView("f", "3.11"), eps, scheduler.RoundRobin())
+    assert isinstance(d, scheduler.Hold) and "3.11" in d.reason
+
+
+def test_least_loaded_prefers_the_emptiest_per_worker():
+    eps = [scheduler.EndpointView("a", "a", True, "3.11", workers=1, in_flight=3),
+           scheduler.EndpointView("b", "b", True, "3.11", workers=8, in_flight=8)]
+    assert scheduler.LeastLoaded().choose(scheduler.TaskView("f", "3.11"), eps).endpoint_id == "b"
+
+
+def test_unknown_policy_is_a_clear_error():
+    with pytest.raises(ValueError, match="round-robin"):
+        scheduler.make_policy("fastest-ever")
+
+
+# ---------------------------------------------------------------- task states
+
+@pytest.mark.parametrize("state", list(TaskState))
+@pytest.mark.parametrize("event", list(Event))
+def test_every_transition_is_either_legal_or_raises(state, event):
+    if can(state, event):
+        assert isinstance(next_state(state, event), TaskState)
+    else:
+        with pytest.raises(IllegalTransition, match=state.name):
+            next_state(state, event)
+
+
+def test_final_states_have_no_way_out():
+    for state in FINAL:
+        assert state.final
+        assert not any(can(state, e) for e in Event)
+
+
+def test_lifecycle_paths():
+    s = next_state(TaskState.QUEUED, Event.DISPATCH)
+    assert s is TaskState.DISPATCHED
+    assert next_state(s, Event.REQUEUE) is TaskState.QUEUED
+    assert next_state(s, Event.SUCCEED) is TaskState.SUCCESS
+    assert next_state(TaskState.QUEUED, Event.CANCEL) is TaskState.CANCELLED
+
+
+# ---------------------------------------------------------------- errors on the wire
+
+class FakeRpcError(grpc.RpcError):
+    """Stands in for the outside world's gRPC error object (not one of our parts)."""
+
+    def __init__(self, code, details, trailers=()):
+        self._code, self._details, self._trailers = code, details, trailers
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+    def trailing_metadata(self):
+        return self._trailers
+
+
+@pytest.mark.parametrize("cls", [errors.FunctionNotFound, errors.EndpointNotFound,
+                                 errors.TaskNotFound, errors.PayloadTooLarge,
+                                 errors.VersionMismatch, errors.EndpointOffline,
+                                 errors.NoEligibleEndpoint, errors.InvalidRequest])
+def test_every_hub_error_round_trips_to_the_same_class(cls):
+    code, details, trailers = to_status(cls("boom"))
+    back = from_rpc_error(FakeRpcError(code, details, trailers))
+    assert type(back) is cls and "boom" in str(back)
+
+
+def test_transport_errors_become_fabric_errors():
+    exc = from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connect failed"), "h:1")
+    assert isinstance(exc, errors.HubUnavailable) and "h:1" in str(exc)
+    assert ERROR_KEY == "fabric-error"
+
+
+def test_task_timeout_is_a_timeout_error():
+    assert issubclass(errors.TaskTimeout, TimeoutError)
+    assert issubclass(errors.WorkerDied, errors.TaskFailed)
+
+
+# ---------------------------------------------------------------- codecs
+
+def test_error_info_keeps_the_original_exception():
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        info = ErrorInfo.from_exception(exc)
+    err = info.to_exception("t1")
+    assert isinstance(err, errors.TaskFailed) and isinstance(err.cause, KeyError)
+    assert "KeyError" in err.remote_traceback and "t1" in str(err)
+
+
+def test_unpicklable_exception_falls_back_to_text():
+    class Local(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    info = ErrorInfo.from_exception(Local("odd"))
+    assert info.exception == b""
+    err = info.to_exception("t2")
+    assert err.cause is None and err.type_name.endswith("Local") and err.message == "odd"
+
+
+def test_args_round_trip_and_function_ids_are_content_addresses():
+    assert loads_args(dumps_args((1, "a"), {"k": [2]})) == ((1, "a"), {"k": [2]})
+    assert function_id("u", b"x") == function_id("u", b"x") != function_id("v", b"x")
+
+
+def test_domain_types_round_trip_through_protobuf():
+    caps = Capabilities.detect(3, ("gpu0",))
+    assert Capabilities.from_proto(caps.to_proto()) == caps
+    assert Capabilities.from_dict(caps.to_dict()) == caps
+    info = EndpointInfo("e", "n", True, caps, 1, 2, 3, 0.5, 10.0, 7)
+    assert EndpointInfo.from_proto(info.to_proto()) == info
+    t = TaskInfo("t", "f", "mod.f", TaskState.SUCCESS, "e", "n", "why", 1.0, 2.0, 0.1, "")
+    assert TaskInfo.from_proto(t.to_proto()) == t
