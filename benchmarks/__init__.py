@@ -1,0 +1,1 @@
+"""Benchmarks for Fabric, run beside the tools people use (`python -m benchmarks SCENARIO`)."""

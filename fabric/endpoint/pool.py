@@ -1,0 +1,405 @@
+"""The endpoint's pool of worker processes (asyncio, in the endpoint process).
+
+The endpoint agent (fabric/endpoint/agent.py) calls `submit` with tasks it got
+from the hub and gets every outcome back through `on_results`; it grants the
+hub `capacity()` credits. Each worker is a `python -m fabric.worker`
+subprocess spoken to over stdin/stdout frames (see fabric/worker/main.py).
+
+The pool keeps one FIFO queue and pushes tasks to the worker with the fewest
+outstanding, at most `per_worker_cap` each. The cap follows observed runtime
+(about 2 ms of queued work per worker): no-op tasks travel 64 to a frame,
+long tasks one at a time so they spread evenly. When a worker dies, the
+task it was running (known from a counter the worker bumps in shared memory
+before each task) fails with WorkerDied or is retried; the rest go back to
+the front of the queue in order; a new worker replaces it. The pool itself
+never crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+import os
+import signal
+import sys
+from collections import deque
+from typing import Any, Callable, Iterable
+
+from fabric.config import DEFAULT_MAX_PAYLOAD
+from fabric.serialize import ErrorInfo
+from fabric.worker.main import (HEADER_BYTES, decode_frame, encode_frame, progress_file,
+                                read_progress, worker_command, worker_env)
+from fabric.worker.runtime import WorkItem, WorkResult
+
+log = logging.getLogger("fabric.endpoint.pool")
+
+#: Work (seconds of observed runtime) to keep queued on each worker.
+TARGET_QUEUED_S = 0.002
+INITIAL_CAP = 2
+MAX_CAP = 64
+EWMA_ALPHA = 0.1
+START_TIMEOUT_S = 60.0
+
+
+def per_worker_cap(ewma_runtime_s: float | None) -> int:
+    """Tasks to keep outstanding on one worker, given the mean task runtime."""
+    if ewma_runtime_s is None:
+        return INITIAL_CAP
+    if ewma_runtime_s <= 0:
+        return MAX_CAP
+    return max(1, min(MAX_CAP, math.ceil(TARGET_QUEUED_S / ewma_runtime_s)))
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exit code unknown"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class _Worker:
+    __slots__ = ("proc", "pid", "outstanding", "functions", "done", "progress_fd")
+
+    def __init__(self, proc: asyncio.subprocess.Process, progress_fd: int) -> None:
+        self.proc = proc
+        self.pid: int = proc.pid
+        self.progress_fd = progress_fd  # the worker counts tasks it started here
+        self.done = 0  # results received from it
+        # task_id -> item, in the order sent: the worker runs them in this order.
+        self.outstanding: dict[str, WorkItem] = {}
+        self.functions: set[str] = set()  # bodies this worker has already been sent
+
+    def send(self, obj: Any) -> None:
+        header, payload = encode_frame(obj)
+        # Never awaits drain: submit() must not block. What is buffered is
+        # bounded by the per-worker cap; a dead pipe is noticed by the reader.
+        self.proc.stdin.write(header)
+        self.proc.stdin.write(payload)
+
+
+class WorkerPool:
+    def __init__(self, workers: int, on_results: Callable[[list[WorkResult]], None], *,
+                 max_result_bytes: int = DEFAULT_MAX_PAYLOAD, python: str = sys.executable,
+                 env: dict[str, str] | None = None, max_retries: int = 0) -> None:
+        if workers < 1:
+            raise ValueError("a worker pool needs at least one worker")
+        self.workers = workers
+        self._on_results = on_results
+        self._max_result_bytes = max_result_bytes
+        self._python = python
+        self._env = worker_env(env)
+        self._max_retries = max_retries
+        self._queue: deque[WorkItem] = deque()
+        self._bodies: dict[str, bytes] = {}
+        self._live: list[_Worker] = []
+        self._procs: set[asyncio.subprocess.Process] = set()  # every child not yet reaped
+        self._progress_fds: set[int] = set()  # open progress files, closed once read
+        self._retries: dict[str, int] = {}
+        self._ewma: float | None = None
+        self._cap = INITIAL_CAP
+        self._readers: set[asyncio.Task[None]] = set()
+        self._spawners: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._closing = False
+        self._shutdown_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start every worker and wait until each says it is ready."""
+        if self._started:
+            return
+        self._started = True
+        spawned = await asyncio.gather(*(self._spawn() for _ in range(self.workers)),
+                                       return_exceptions=True)
+        for w in spawned:
+            if isinstance(w, _Worker):
+                self._adopt(w)
+        failures = [w for w in spawned if isinstance(w, BaseException)]
+        if failures:
+            await self.shutdown()
+            raise failures[0]
+        self._assign()
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop every worker: ask nicely, then SIGKILL after `timeout`. Idempotent.
+
+        Tasks not finished are dropped without a result: the hub requeues
+        what an endpoint held when it goes away."""
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.ensure_future(self._shutdown(timeout))
+        await asyncio.shield(self._shutdown_task)
+
+    async def __aenter__(self) -> "WorkerPool":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.shutdown()
+
+    async def _shutdown(self, timeout: float) -> None:
+        self._closing = True
+        for job in self._spawners:
+            job.cancel()  # a half-started worker is killed by its own _spawn
+        await asyncio.gather(*self._spawners, return_exceptions=True)
+        for w in self._live:
+            try:
+                w.send(("stop",))
+                w.proc.stdin.close()
+            except Exception:  # noqa: BLE001 - already dead: the kill below is enough
+                pass
+        procs = list(self._procs)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), timeout)
+        except asyncio.TimeoutError:
+            pass
+        stragglers = [p for p in procs if p.returncode is None]
+        for p in stragglers:
+            log.warning("worker pid %d did not stop within %.1fs; killing it", p.pid, timeout)
+            _kill(p)
+        await asyncio.gather(*(p.wait() for p in stragglers))
+        for job in self._readers:
+            job.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._procs.clear()
+        self._live.clear()
+        for fd in list(self._progress_fds):
+            self._close_progress(fd)
+
+    def _close_progress(self, fd: int) -> None:
+        if fd in self._progress_fds:
+            self._progress_fds.remove(fd)
+            os.close(fd)
+
+    # ------------------------------------------------------------ the agent's API
+    def add_function(self, function_id: str, body: bytes) -> None:
+        self._bodies[function_id] = body
+
+    def submit(self, items: list[WorkItem]) -> None:
+        """Queue tasks and hand out what workers have room for; never blocks."""
+        self._queue.extend(items)
+        self._assign()
+
+    def cancel(self, task_ids: Iterable[str]) -> list[str]:
+        """Drop tasks not yet sent to a worker; returns the ids dropped."""
+        wanted = set(task_ids)
+        if not wanted or not self._queue:
+            return []
+        keep: deque[WorkItem] = deque()
+        dropped: list[str] = []
+        for item in self._queue:
+            if item.task_id in wanted:
+                dropped.append(item.task_id)
+            else:
+                keep.append(item)
+        self._queue = keep
+        for tid in dropped:
+            self._retries.pop(tid, None)
+        return dropped
+
+    @property
+    def free_slots(self) -> int:
+        return sum(1 for w in self._live if not w.outstanding)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._queue) + sum(len(w.outstanding) for w in self._live)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self._live]
+
+    @property
+    def per_worker_cap(self) -> int:
+        return self._cap
+
+    def capacity(self) -> int:
+        """Tasks the endpoint should hold to keep every worker busy."""
+        return self.workers * self._cap
+
+    # ------------------------------------------------------------ assignment
+    def _assign(self) -> None:
+        if not self._queue or not self._live or self._closing:
+            return
+        cap, queue = self._cap, self._queue
+        # Water-fill: each task goes to the worker with the fewest outstanding.
+        heap = [(len(w.outstanding), i) for i, w in enumerate(self._live)
+                if len(w.outstanding) < cap]
+        heapq.heapify(heap)
+        batches: dict[int, list[WorkItem]] = {}
+        while queue and heap:
+            load, i = heap[0]
+            batches.setdefault(i, []).append(queue.popleft())
+            if load + 1 < cap:
+                heapq.heapreplace(heap, (load + 1, i))
+            else:
+                heapq.heappop(heap)
+        for i, batch in batches.items():
+            self._send_tasks(self._live[i], batch)
+
+    def _send_tasks(self, w: _Worker, batch: list[WorkItem]) -> None:
+        for item in batch:
+            w.outstanding[item.task_id] = item
+        missing = {item.function_id for item in batch} - w.functions
+        try:
+            if missing:
+                bodies = [(f, self._bodies[f]) for f in missing if f in self._bodies]
+                if bodies:
+                    w.send(("functions", bodies))
+                    w.functions.update(f for f, _ in bodies)
+            w.send(("tasks", [(t.task_id, t.function_id, t.args) for t in batch]))
+        except Exception as exc:  # noqa: BLE001 - its reader will see it die and requeue
+            log.warning("could not send tasks to worker pid %d: %r", w.pid, exc)
+
+    # ------------------------------------------------------------ workers
+    async def _spawn(self) -> _Worker:
+        progress_fd = progress_file()
+        self._progress_fds.add(progress_fd)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *worker_command(self._python, self._max_result_bytes, progress_fd),
+                pass_fds=(progress_fd,), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, env=self._env, limit=1 << 20)
+        except BaseException:
+            self._close_progress(progress_fd)
+            raise
+        self._procs.add(proc)
+        try:
+            msg = await asyncio.wait_for(_read_frame(proc.stdout), START_TIMEOUT_S)
+            if not (isinstance(msg, tuple) and msg and msg[0] == "ready"):
+                raise RuntimeError(f"expected a ready message, got {msg!r:.200}")
+        except BaseException as exc:
+            _kill(proc)  # the child watcher reaps it
+            self._close_progress(progress_fd)
+            if isinstance(exc, (asyncio.CancelledError, RuntimeError)):
+                raise
+            raise RuntimeError(f"worker pid {proc.pid} ({self._python} -m fabric.worker) "
+                               f"failed to start: {exc!r}") from exc
+        return _Worker(proc, progress_fd)
+
+    def _adopt(self, w: _Worker) -> None:
+        self._live.append(w)
+        job = asyncio.ensure_future(self._read_loop(w))
+        self._readers.add(job)
+        job.add_done_callback(self._readers.discard)
+
+    async def _read_loop(self, w: _Worker) -> None:
+        try:
+            while True:
+                msg = await _read_frame(w.proc.stdout)
+                if msg[0] == "results":
+                    self._on_frame(w, msg[1])
+                else:
+                    log.warning("worker pid %d sent unknown message %r", w.pid, msg[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # EOF: the worker exited or died
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a garbled stream: this worker cannot be trusted
+            log.exception("bad frame from worker pid %d; killing it", w.pid)
+            _kill(w.proc)
+        await self._worker_lost(w)
+
+    def _on_frame(self, w: _Worker, rows: list[tuple[Any, ...]]) -> None:
+        outstanding, ewma = w.outstanding, self._ewma
+        w.done += len(rows)
+        results = []
+        for task_id, ok, value, error, runtime_s in rows:
+            outstanding.pop(task_id, None)
+            ewma = runtime_s if ewma is None else ewma + EWMA_ALPHA * (runtime_s - ewma)
+            results.append(WorkResult(task_id, ok, value,
+                                      None if error is None else ErrorInfo(*error), runtime_s))
+        if self._retries:
+            for r in results:
+                self._retries.pop(r.task_id, None)
+        self._ewma = ewma
+        self._cap = per_worker_cap(ewma)
+        self._deliver(results)
+        self._assign()
+
+    def _deliver(self, results: list[WorkResult]) -> None:
+        try:
+            self._on_results(results)
+        except Exception:  # noqa: BLE001 - the agent's bug must not stop the pool
+            log.exception("on_results callback failed")
+
+    async def _worker_lost(self, w: _Worker) -> None:
+        if w in self._live:
+            self._live.remove(w)
+        if self._closing:
+            return  # shutdown reaps it; unfinished tasks are dropped by design
+        w.proc.stdin.close()
+        try:
+            await asyncio.wait_for(w.proc.wait(), 5.0)
+        except asyncio.TimeoutError:  # closed its stdout but kept running
+            _kill(w.proc)
+            await w.proc.wait()
+        self._procs.discard(w.proc)
+        started = read_progress(w.progress_fd)
+        self._close_progress(w.progress_fd)
+        if self._closing:
+            return
+        how = describe_exit(w.proc.returncode)
+        items = list(w.outstanding.values())
+        w.outstanding.clear()
+        # Results come back in the order tasks were sent, so the running task
+        # is the (started - done)-th outstanding one. Those before it finished
+        # but their batched results died with the worker: they run again.
+        running = (started - w.done - 1) if started is not None else 0
+        log.warning("worker pid %d died (%s) with %d task(s) outstanding, %s", w.pid, how,
+                    len(items), f"running {items[running].task_id}"
+                    if 0 <= running < len(items) else "none of them running")
+        if 0 <= running < len(items):
+            culprit = items.pop(running)
+            tries = self._retries.get(culprit.task_id, 0)
+            if tries < self._max_retries:
+                self._retries[culprit.task_id] = tries + 1
+                items.insert(running, culprit)
+            else:
+                self._retries.pop(culprit.task_id, None)
+                self._deliver([WorkResult(culprit.task_id, False, error=ErrorInfo(
+                    "WorkerDied", f"worker pid {w.pid} died ({how}) while running the task",
+                    kind="worker_died"))])
+        self._queue.extendleft(reversed(items))  # at the front, in their order
+        job = asyncio.ensure_future(self._replace())
+        self._spawners.add(job)
+        job.add_done_callback(self._spawners.discard)
+        self._assign()
+
+    async def _replace(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            try:
+                w = await self._spawn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep trying: the endpoint is useless without workers
+                log.exception("could not start a replacement worker; retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._adopt(w)
+            self._assign()
+            return
+
+
+async def _read_frame(stream: asyncio.StreamReader) -> Any:
+    header = await stream.readexactly(HEADER_BYTES)
+    return decode_frame(await stream.readexactly(int.from_bytes(header, "little")))
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
