@@ -8,8 +8,11 @@ move these bytes around: they never call anything here that unpickles.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import linecache
 import pickle
 import traceback
+import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,8 +23,50 @@ from fabric.config import PYTHON_VERSION
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+_BODY_TAG = "fabric-function/1"
+_DYNAMIC = "<dynamic-code>"  # what cloudpickle names the file of code it ships by value
+
+
 def dumps_function(fn: Callable[..., Any]) -> bytes:
-    return cloudpickle.dumps(fn, protocol=PROTOCOL)
+    """A function body: the pickled callable plus its source lines, when known.
+
+    cloudpickle drops the file name of code it ships by value, so a remote
+    traceback would show no source. Shipping the function's own lines lets
+    the worker put them back (see loads_function); the cost is a few hundred
+    bytes, paid once per registration.
+    """
+    return cloudpickle.dumps((_BODY_TAG, fn, _source_of(fn)), protocol=PROTOCOL)
+
+
+def _source_of(fn: Callable[..., Any]) -> tuple[str, int, tuple[str, ...]] | None:
+    try:
+        lines, first = inspect.getsourcelines(fn)
+        filename = inspect.getsourcefile(fn) or "?"
+    except (OSError, TypeError):
+        return None
+    return filename, max(first, 1), tuple(lines)
+
+
+def loads_function(body: bytes) -> Callable[..., Any]:
+    """The callable from a function body; only workers call this."""
+    loaded = pickle.loads(body)
+    if not (isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == _BODY_TAG):
+        return loaded  # a bare pickled callable (e.g. from another client library)
+    _, fn, source = loaded
+    if source is not None and isinstance(fn, types.FunctionType) \
+            and fn.__code__.co_filename == _DYNAMIC:
+        filename, first, lines = source
+        shown = f"{filename} (shipped)"
+        padded = [""] * (first - 1) + list(lines)  # keep the line numbers of the original file
+        linecache.cache[shown] = (sum(map(len, padded)), None, padded, shown)
+        fn.__code__ = _renamed(fn.__code__, shown)
+    return fn
+
+
+def _renamed(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(_renamed(c, filename) if isinstance(c, types.CodeType) else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def function_name(fn: Callable[..., Any]) -> str:

@@ -206,6 +206,8 @@ class AsyncClient:
 
     async def cancel(self, task_ids: Sequence[str]) -> list[str]:
         """Cancel tasks that have not finished; returns those that were cancelled."""
+        if self._outbox or self._flushing:
+            await self._drain_outbox()  # a cancel must not overtake the submission it cancels
         reply = await self._call("Cancel", pb.CancelRequest(task_ids=list(task_ids)))
         return list(reply.cancelled)
 

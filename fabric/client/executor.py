@@ -80,8 +80,13 @@ class Executor(cf.Executor):
 
     def _send_queued(self) -> None:  # on the loop thread
         with self._lock:
-            subs, self._queued = self._queued, []
+            queued, self._queued = self._queued, []
             cancels, self._cancels = self._cancels, []
+            # Futures cancelled before their call left this process: the hub never hears of them.
+            subs = [s for s in queued if s.task_id in self._futures]
+            if len(subs) < len(queued):
+                unsent = {s.task_id for s in queued} - {s.task_id for s in subs}
+                cancels = [tid for tid in cancels if tid not in unsent]
         if subs:
             self.client.aio.enqueue(subs, self.policy)
         if cancels:
@@ -128,6 +133,9 @@ class Executor(cf.Executor):
     def _on_future_done(self, fut: cf.Future[Any]) -> None:
         if not fut.cancelled():
             return
+        # Move CANCELLED to CANCELLED_AND_NOTIFIED, as a pool does when it would have
+        # started the call: only then do cf.wait() and as_completed() count it as done.
+        fut.set_running_or_notify_cancel()
         tid = fut.task_id  # type: ignore[attr-defined]
         with self._lock:
             self._futures.pop(tid, None)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fabric.config import DEFAULT_MAX_PAYLOAD
-from fabric.serialize import ErrorInfo, dumps_value, loads, loads_args
+from fabric.serialize import ErrorInfo, dumps_value, loads_args, loads_function
 
 
 @dataclass(slots=True)
@@ -64,7 +64,7 @@ class FunctionCache:
         body = self._bodies.get(function_id)
         if body is None:
             raise LookupError(f"function {function_id} was never sent to this worker")
-        fn = loads(body)
+        fn = loads_function(body)
         if not callable(fn):
             raise TypeError(f"function {function_id} unpickled to a {type(fn).__name__}, "
                             "which is not callable")
