@@ -24,9 +24,20 @@ GRPC_MESSAGE_LIMIT = DEFAULT_MAX_PAYLOAD + 16 * 1024 * 1024
 MAX_TASKS_PER_BATCH = 1024
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 
+#: WAN-friendly: a lost endpoint is noticed within about 10 s.
 DEFAULT_HEARTBEAT_PERIOD_S = 5.0
-#: A link silent for this many periods is declared lost.
-DEFAULT_HEARTBEAT_MISSES = 3
+#: A link silent for this many periods is declared lost and its tasks requeued.
+DEFAULT_HEARTBEAT_MISSES = 2
+
+#: Results a client has received are kept this long, then purged (status stays "purged").
+DEFAULT_RETENTION_S = 7 * 24 * 3600.0
+#: Results nobody collected are purged this long after they finished.
+DEFAULT_MAX_AGE_S = 30 * 24 * 3600.0
+#: "purged" tombstones are deleted this long after purging (then: unknown task id).
+DEFAULT_FORGET_AFTER_S = 90 * 24 * 3600.0
+
+#: Reruns of a task whose worker died (segfault, OOM kill, os._exit) before it fails.
+DEFAULT_MAX_RETRIES = 1
 
 
 def home() -> Path:

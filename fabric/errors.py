@@ -10,14 +10,17 @@
     ├── NotFound
     │   ├── FunctionNotFound
     │   ├── EndpointNotFound
-    │   └── TaskNotFound
+    │   ├── TaskNotFound
+    │   └── ResultPurged        the task finished, but its result was dropped after retention
     ├── EndpointOffline         the named endpoint is not connected
+    ├── EndpointBusy            an endpoint with this name already runs here
     ├── NoEligibleEndpoint      no online endpoint can take the task
     ├── TaskPending             asked for a result that is not ready (non-blocking get)
     ├── TaskTimeout             waited for a result longer than `timeout` (also a TimeoutError)
     ├── TaskCancelled           the task was cancelled before it finished
     └── TaskFailed              the function raised; carries the remote traceback
-        └── WorkerDied          the worker process died while running the task
+        ├── WorkerDied          the worker process died while running the task (retries used up)
+        └── WalltimeExceeded    the task ran longer than its walltime and was killed
 
 The hub raises these too; `fabric._wire.errors` maps each to one gRPC status
 code and back, so a user never sees a raw gRPC error.
@@ -75,8 +78,16 @@ class TaskNotFound(NotFound):
     kind = "TASK_NOT_FOUND"
 
 
+class ResultPurged(NotFound):
+    """The task finished long ago; its result was dropped after the hub's retention period."""
+
+
 class EndpointOffline(FabricError):
     kind = "ENDPOINT_OFFLINE"
+
+
+class EndpointBusy(FabricError):
+    """Another endpoint process already runs under this name on this machine."""
 
 
 class NoEligibleEndpoint(FabricError):
@@ -137,6 +148,10 @@ class WorkerDied(TaskFailed):
     """The worker process running the task died (exit code or signal in `message`)."""
 
 
+class WalltimeExceeded(TaskFailed):
+    """The task ran past its `walltime` and was killed."""
+
+
 #: Wire ErrorKind name -> the exception raised for it on the client.
 BY_KIND: dict[str, type[FabricError]] = {
     cls.kind: cls
@@ -168,11 +183,14 @@ __all__ = [
     "FunctionNotFound",
     "EndpointNotFound",
     "TaskNotFound",
+    "ResultPurged",
     "EndpointOffline",
+    "EndpointBusy",
     "NoEligibleEndpoint",
     "TaskPending",
     "TaskTimeout",
     "TaskCancelled",
     "TaskFailed",
     "WorkerDied",
+    "WalltimeExceeded",
 ]

@@ -117,7 +117,7 @@ class ErrorInfo:
     message: str
     traceback: str = ""
     exception: bytes = b""  # cloudpickled exception, b"" when it would not pickle
-    kind: str = "user"  # "user" | "worker_died" | "cancelled" | "system"
+    kind: str = "user"  # "user" | "worker_died" | "walltime" | "cancelled" | "purged" | "system"
 
     @classmethod
     def from_exception(cls, exc: BaseException, kind: str = "user") -> "ErrorInfo":
@@ -131,10 +131,12 @@ class ErrorInfo:
 
     def to_exception(self, task_id: str) -> Exception:
         """The exception a client raises for this failure (a TaskFailed subclass)."""
-        from fabric.errors import TaskCancelled, TaskFailed, WorkerDied
+        from fabric.errors import ResultPurged, TaskCancelled, TaskFailed, WalltimeExceeded, WorkerDied
 
         if self.kind == "cancelled":
             return TaskCancelled(f"task {task_id} was cancelled: {self.message}")
+        if self.kind == "purged":
+            return ResultPurged(f"task {task_id}: {self.message}")
         cause = None
         if self.exception:
             try:
@@ -143,5 +145,5 @@ class ErrorInfo:
                 cause = None
             if not isinstance(cause, BaseException):
                 cause = None
-        cls = WorkerDied if self.kind == "worker_died" else TaskFailed
+        cls = {"worker_died": WorkerDied, "walltime": WalltimeExceeded}.get(self.kind, TaskFailed)
         return cls(task_id, self.type_name, self.message, self.traceback, cause)

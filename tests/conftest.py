@@ -44,3 +44,24 @@ def fabric_procs(tmp_path_factory):
 def client(fabric_procs):
     with Client(fabric_procs.address) as c:
         yield c
+
+
+@pytest.fixture
+def local_fabric(tmp_path):
+    """A factory for LocalFabrics owned by one test: `fab = local_fabric(["a", "b"], ...)`.
+
+    Each one is stopped at teardown, whatever happened, and every child's
+    output is printed then (pytest shows it only when the test failed)."""
+    made: list[LocalFabric] = []
+
+    def make(endpoints: int | list[str] = 2, **kwargs) -> LocalFabric:
+        fab = LocalFabric(tmp_path / f"fabric{len(made)}", endpoints, **kwargs)
+        made.append(fab)
+        return fab.start()
+
+    yield make
+    for fab in made:
+        try:
+            print(fab.output())
+        finally:
+            fab.stop()

@@ -42,7 +42,7 @@ PUBLIC = {
     "fabric": ["__version__"],
     "fabric.client": ["AsyncClient", "Client", "Executor"],
     "fabric.hub": ["Hub", "HubConfig", "run_hub"],
-    "fabric.endpoint": ["Endpoint", "EndpointConfig", "run_endpoint"],
+    "fabric.endpoint": ["Endpoint", "EndpointConfig", "run_endpoint", "stop_endpoint"],
     "fabric.worker": ["state"],
     "scheduler": ["DEFAULT_POLICY", "POLICIES", "Decision", "EndpointView", "Hold", "LeastLoaded",
                   "Policy", "RoundRobin", "TaskView", "eligible", "make_policy", "route"],

@@ -11,7 +11,7 @@ import scheduler
 from fabric import errors
 from fabric.models import Capabilities, EndpointInfo, TaskInfo
 from fabric.serialize import ErrorInfo, dumps_args, function_id, loads_args
-from fabric.states import FINAL, Event, IllegalTransition, TaskState, can, next_state
+from fabric.states import FINAL, Action, Event, IllegalTransition, TaskState, can, next_state, step
 from fabric.wire import ERROR_KEY, from_rpc_error, to_status
 
 # ---------------------------------------------------------------- scheduler
@@ -90,10 +90,63 @@ def test_every_transition_is_either_legal_or_raises(state, event):
             next_state(state, event)
 
 
-def test_final_states_have_no_way_out():
+def test_final_states_only_lead_to_purged():
     for state in FINAL:
         assert state.final
-        assert not any(can(state, e) for e in Event)
+        ways_out = {e for e in Event if can(state, e)}
+        assert ways_out == (set() if state is TaskState.PURGED else {Event.PURGE})
+
+
+# The whole table, written out independently of the implementation: every
+# (state, event) pair not listed here must be illegal.
+EXPECTED = {
+    (TaskState.QUEUED, Event.DISPATCH): TaskState.DISPATCHED,
+    (TaskState.QUEUED, Event.CANCEL): TaskState.CANCELLED,
+    (TaskState.QUEUED, Event.FAIL): TaskState.FAILED,
+    (TaskState.QUEUED, Event.SUCCEED): TaskState.SUCCESS,
+    (TaskState.DISPATCHED, Event.REQUEUE): TaskState.QUEUED,
+    (TaskState.DISPATCHED, Event.SUCCEED): TaskState.SUCCESS,
+    (TaskState.DISPATCHED, Event.FAIL): TaskState.FAILED,
+    (TaskState.DISPATCHED, Event.CANCEL): TaskState.CANCELLED,
+    (TaskState.SUCCESS, Event.PURGE): TaskState.PURGED,
+    (TaskState.FAILED, Event.PURGE): TaskState.PURGED,
+    (TaskState.CANCELLED, Event.PURGE): TaskState.PURGED,
+}
+
+
+@pytest.mark.parametrize("state", list(TaskState))
+@pytest.mark.parametrize("event", list(Event))
+def test_transition_table_is_exactly_the_lifecycle(state, event):
+    if (state, event) in EXPECTED:
+        assert step(state, event).state is EXPECTED[(state, event)]
+    else:
+        assert not can(state, event)
+        with pytest.raises(IllegalTransition):
+            step(state, event)
+
+
+def test_actions_of_the_transitions_that_matter():
+    # Reaching a final state always stores, tells waiting clients, and drops the arguments.
+    for (state, event), target in EXPECTED.items():
+        actions = step(state, event).actions
+        assert Action.STORE in actions
+        if target in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELLED):
+            assert Action.PUBLISH in actions and Action.DROP_PAYLOAD in actions
+    # Only results are acknowledged to the endpoint; only a cancel of a dispatched
+    # task reaches the endpoint; only a requeue routes again.
+    assert Action.ACK in step(TaskState.DISPATCHED, Event.SUCCEED).actions
+    assert Action.ACK not in step(TaskState.DISPATCHED, Event.CANCEL).actions
+    assert Action.STOP_REMOTE in step(TaskState.DISPATCHED, Event.CANCEL).actions
+    assert Action.STOP_REMOTE not in step(TaskState.QUEUED, Event.CANCEL).actions
+    assert {e for (s, e) in EXPECTED if Action.ROUTE in step(s, e).actions} == {Event.REQUEUE}
+    assert Action.PUBLISH not in step(TaskState.SUCCESS, Event.PURGE).actions
+
+
+def test_a_second_result_is_illegal():
+    done = next_state(TaskState.DISPATCHED, Event.SUCCEED)
+    for event in (Event.SUCCEED, Event.FAIL, Event.CANCEL, Event.REQUEUE, Event.DISPATCH):
+        with pytest.raises(IllegalTransition, match="SUCCESS"):
+            step(done, event)
 
 
 def test_lifecycle_paths():
@@ -102,6 +155,7 @@ def test_lifecycle_paths():
     assert next_state(s, Event.REQUEUE) is TaskState.QUEUED
     assert next_state(s, Event.SUCCEED) is TaskState.SUCCESS
     assert next_state(TaskState.QUEUED, Event.CANCEL) is TaskState.CANCELLED
+    assert next_state(TaskState.CANCELLED, Event.PURGE) is TaskState.PURGED
 
 
 # ---------------------------------------------------------------- errors on the wire

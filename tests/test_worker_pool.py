@@ -6,6 +6,7 @@ Every wait has a deadline; nothing sleeps to "let it settle".
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
@@ -21,8 +22,11 @@ import pytest
 
 import fabric.worker
 from fabric.endpoint.pool import WorkerPool, per_worker_cap
-from fabric.serialize import dumps_args, loads
-from fabric.worker.main import decode_frame, encode_frame, read_frame, worker_command, worker_env
+from fabric.endpoint.supervision import (Kill, StartClock, describe_exit, running_index,
+                                         settle_dead_worker)
+from fabric.serialize import ErrorInfo, dumps_args, loads
+from fabric.worker.main import (decode_frame, encode_frame, progress_file, read_frame,
+                                read_progress, worker_command, worker_env)
 from fabric.worker.runtime import WorkItem, WorkResult
 
 # Functions defined here travel by value, so workers need not import this module.
@@ -33,8 +37,10 @@ def run(coro, timeout: float = 30.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def item(task_id: str, function_id: str, *args, **kwargs) -> WorkItem:
-    return WorkItem(task_id, function_id, dumps_args(args, kwargs))
+def item(task_id: str, function_id: str, *args, walltime_s: float = 0.0,
+         max_retries: int | None = None, **kwargs) -> WorkItem:
+    return WorkItem(task_id, function_id, dumps_args(args, kwargs), walltime_s=walltime_s,
+                    max_retries=max_retries)
 
 
 class Collector:
@@ -153,6 +159,31 @@ def always_die(log):
     os._exit(2)
 
 
+def die_counting(log, code):
+    with open(log, "a") as f:
+        f.write("attempt\n")
+    os._exit(code)
+
+
+def segfault():
+    ctypes.string_at(0)
+
+
+def sigkill_self():
+    os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
+
+
+def spin(marker):
+    Path(marker).write_text("spinning")
+    while True:
+        pass
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
 def wait_for_file(path):
     deadline = time.monotonic() + 20
     while not Path(path).exists():
@@ -166,7 +197,8 @@ FUNCTIONS = {name: cloudpickle.dumps(fn) for name, fn in {
     "double": double_and_pid, "fail": fail, "counter": counter, "other": other,
     "noisy": noisy, "echo": echo, "die": die, "sleep": sleep_after_marker,
     "die_first": die_first_time, "always_die": always_die, "wait": wait_for_file,
-    "noop": lambda: None, "locked": fail_unpicklably,
+    "noop": lambda: None, "locked": fail_unpicklably, "die_counting": die_counting,
+    "segfault": segfault, "sigkill_self": sigkill_self, "spin": spin, "nap": nap,
 }.items()}
 
 
@@ -355,7 +387,7 @@ def test_max_retries_reruns_the_task_once(tmp_path):
     run(main())
 
 
-def test_cancel_drops_only_tasks_still_queued(tmp_path):
+def test_cancel_drops_queued_tasks_and_ones_sent_but_not_started(tmp_path):
     release = tmp_path / "release"
 
     async def main():
@@ -367,15 +399,278 @@ def test_cancel_drops_only_tasks_still_queued(tmp_path):
             # The worker holds the blocker and t0 (cap 2); t1..t9 wait in the pool.
             assert (p.queued, p.outstanding, p.free_slots) == (9, 11, 0)
             dropped = p.cancel(["t3", "t5", "t0", "unknown"])
-            assert sorted(dropped) == ["t3", "t5"]
-            assert (p.queued, p.outstanding) == (7, 9)
+            assert sorted(dropped) == ["t0", "t3", "t5"]
+            assert p.cancel(["t0", "t3"]) == []  # already cancelled
+            assert p.queued == 7
             release.write_text("go")
-            expected = ["block"] + [t for t in others if t not in ("t3", "t5")]
+            expected = ["block"] + [t for t in others if t not in dropped]
             await c.wait_for(expected)
             await wait_until(lambda: p.outstanding == 0)
             assert sorted(c.order) == sorted(expected)
 
     run(main())
+
+
+# ------------------------------------------------------------------ walltime
+def test_walltime_kills_a_sleeping_task_and_the_rest_run_in_order(tmp_path):
+    marker = tmp_path / "running"
+
+    async def main():
+        c = Collector()
+        async with pool(1, c) as p:
+            quick = [f"q{i}" for i in range(4)]
+            # q0 is sent to the worker with the sleeper (cap 2): it goes back to the queue.
+            p.submit([item("long", "sleep", str(marker), 30, walltime_s=0.5)]
+                     + [item(t, "double", i) for i, t in enumerate(quick)])
+            await wait_until(marker.exists)
+            started, victim = time.monotonic(), p.pids[0]
+            err = (await c.wait_for(["long"], timeout=5))["long"].error
+            assert time.monotonic() - started < 0.5 + 1.0
+            assert (err.type_name, err.kind) == ("WalltimeExceeded", "walltime")
+            assert "walltime of 0.5s" in err.message and f"pid {victim}" in err.message
+            got = await c.wait_for(quick)
+            assert [value(got[t])[0] for t in quick] == [0, 2, 4, 6]
+            assert c.order == ["long", *quick] and not c.duplicates
+            assert pid_gone(victim) and victim not in p.pids
+            p.submit([item("next", "double", 21)])
+            assert value((await c.wait_for(["next"]))["next"])[0] == 42
+
+    run(main())
+
+
+def test_walltime_kills_a_pure_python_busy_loop(tmp_path):
+    marker = tmp_path / "spinning"
+
+    async def main():
+        c = Collector()
+        async with pool(1, c) as p:
+            p.submit([item("spin", "spin", str(marker), walltime_s=0.3)])
+            await wait_until(marker.exists)
+            started = time.monotonic()
+            err = (await c.wait_for(["spin"], timeout=5))["spin"].error
+            assert time.monotonic() - started < 0.3 + 1.0
+            assert err.kind == "walltime"
+            p.submit([item("after", "double", 1)])
+            assert (await c.wait_for(["after"]))["after"].ok
+
+    run(main())
+
+
+def test_walltime_is_not_charged_while_a_task_waits():
+    async def main():
+        c = Collector()
+        async with pool(1, c) as p:
+            # One worker: n0 runs while n1 waits on the worker (cap 2) and n2 in the pool;
+            # n2 finishes ~1.5 s after submission, well past its 0.8 s walltime.
+            ids = ["n0", "n1", "n2"]
+            p.submit([item(t, "nap", 0.5, walltime_s=0.8) for t in ids])
+            got = await c.wait_for(ids)
+            assert [value(got[t]) for t in ids] == [0.5, 0.5, 0.5]
+
+    run(main())
+
+
+def test_tasks_without_walltime_run_no_watchdog():
+    async def main():
+        c = Collector()
+        async with pool(1, c) as p:
+            p.submit([item("plain", "nap", 0.2)])
+            assert p._watchdog is None
+            p.submit([item("timed", "nap", 0.01, walltime_s=5)])
+            assert p._watchdog is not None
+            await c.wait_for(["plain", "timed"])
+            await wait_until(lambda: p._watchdog is None, timeout=2)  # stops once none is left
+
+    run(main())
+
+
+# ------------------------------------------------------------------ worker deaths
+def test_per_task_max_retries_overrides_the_pool_default(tmp_path):
+    logs = {t: tmp_path / t for t in ("two", "zero", "default")}
+
+    async def main():
+        c = Collector()
+        async with pool(1, c, max_retries=1) as p:
+            p.submit([item("two", "die_counting", str(logs["two"]), 3, max_retries=2),
+                      item("zero", "die_counting", str(logs["zero"]), 3, max_retries=0),
+                      item("default", "die_counting", str(logs["default"]), 3)])
+            got = await c.wait_for(logs)
+            for tid, attempts in (("two", 3), ("zero", 1), ("default", 2)):
+                err = got[tid].error
+                assert (err.type_name, err.kind) == ("WorkerDied", "worker_died")
+                assert "exit code 3" in err.message and f"attempts made: {attempts}" in err.message
+                assert logs[tid].read_text().count("attempt") == attempts
+            assert not c.duplicates
+            await wait_until(lambda: len(p.pids) == 1)
+
+    run(main())
+
+
+@pytest.mark.parametrize("function_id, cause", [("segfault", "SIGSEGV"),
+                                                ("sigkill_self", "SIGKILL")])
+def test_a_worker_killed_by_a_signal_names_it(function_id, cause):
+    async def main():
+        c = Collector()
+        async with pool(1, c) as p:
+            p.submit([item("victim", function_id), item("bystander", "double", 1)])
+            got = await c.wait_for(["victim", "bystander"])
+            err = got["victim"].error
+            assert (err.type_name, err.kind) == ("WorkerDied", "worker_died")
+            assert f"signal {cause}" in err.message and "attempts made: 1" in err.message
+            assert got["bystander"].ok
+
+    run(main())
+
+
+# ------------------------------------------------------------------ cancel
+def test_cancel_kills_a_running_task_without_a_result(tmp_path):
+    marker = tmp_path / "running"
+
+    async def main():
+        c = Collector()
+        async with pool(1, c) as p:
+            quick = [f"q{i}" for i in range(4)]
+            p.submit([item("long", "sleep", str(marker), 30)]
+                     + [item(t, "double", i) for i, t in enumerate(quick)])
+            await wait_until(marker.exists)
+            victim = p.pids[0]
+            assert p.cancel(["long"]) == ["long"]  # synchronous; the kill is not awaited
+            await wait_until(lambda: pid_gone(victim), timeout=5)
+            got = await c.wait_for(quick)
+            assert [value(got[t])[0] for t in quick] == [0, 2, 4, 6]
+            p.submit([item("after", "double", 5)])
+            await c.wait_for(["after"])
+            assert "long" not in c.results and not c.duplicates
+            assert victim not in p.pids and p.outstanding == 0
+
+    run(main())
+
+
+def test_cancel_of_tasks_sent_but_not_started_delivers_nothing_for_them(tmp_path):
+    release = tmp_path / "release"
+
+    async def main():
+        c = Collector()
+        async with pool(1, c) as p:
+            warm = [f"w{i}" for i in range(200)]
+            p.submit([item(t, "noop") for t in warm])
+            await c.wait_for(warm)
+            assert p.per_worker_cap == 64  # now everything below travels to the worker at once
+            pid = p.pids[0]
+            ids = [f"t{i}" for i in range(10)]
+            p.submit([item("block", "wait", str(release))] + [item(t, "double", 1) for t in ids])
+            assert p.queued == 0
+            assert sorted(p.cancel(["t3", "t9", "t5"])) == ["t3", "t5", "t9"]
+            release.write_text("go")
+            await c.wait_for(["block", "t8"])
+            await wait_until(lambda: p.outstanding == 0)
+            assert not {"t3", "t5", "t9"} & c.results.keys()
+            assert p.pids == [pid]  # skipping needs no kill
+
+    run(main())
+
+
+def test_take_unstarted_hands_back_only_tasks_no_worker_has(tmp_path):
+    release = tmp_path / "release"
+
+    async def main():
+        c = Collector()
+        async with pool(1, c) as p:
+            others = [f"t{i}" for i in range(6)]
+            p.submit([item("block", "wait", str(release))] + [item(t, "double", 1) for t in others])
+            # The worker holds the blocker and t0 (cap 2): those stay and finish here.
+            assert [i.task_id for i in p.take_unstarted()] == others[1:]
+            assert p.queued == 0 and p.take_unstarted() == []
+            release.write_text("go")
+            await c.wait_for(["block", "t0"])
+            await wait_until(lambda: p.outstanding == 0)
+            assert sorted(c.order) == ["block", "t0"]
+
+    run(main())
+
+def test_worker_process_skips_cancelled_tasks_but_counts_them(tmp_path):
+    release = tmp_path / "release"
+    fd = progress_file()
+    proc = subprocess.Popen(worker_command(sys.executable, 10**6, fd), pass_fds=(fd,),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=worker_env(None))
+    try:
+        def send(obj):
+            header, payload = encode_frame(obj)
+            proc.stdin.write(header + payload)
+            proc.stdin.flush()
+
+        assert read_frame(proc.stdout) == ("ready", proc.pid)
+        send(("functions", [(f, FUNCTIONS[f]) for f in ("wait", "echo")]))
+        send(("tasks", [("block", "wait", dumps_args((str(release),), {}))]
+              + [(t, "echo", dumps_args((t,), {})) for t in ("a", "b", "c")]))
+        send(("cancel", ["b", "never-sent"]))
+        release.write_text("go")
+        rows = []
+        while len(rows) < 4:
+            kind, more = read_frame(proc.stdout)
+            rows += more
+        assert [r[0] for r in rows] == ["block", "a", "b", "c"]
+        assert [r[1] for r in rows] == [True, True, False, True]
+        assert rows[2][3][0] == "TaskCancelled" and rows[2][3][4] == "cancelled"
+        assert read_progress(fd) == 4  # a skipped task still counts as taken
+        send(("stop",))
+        assert proc.wait(timeout=10) == 0
+    finally:
+        os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+# ------------------------------------------------------------------ supervision, pure
+def _items(*ids: str, **max_retries: int) -> list[WorkItem]:
+    return [WorkItem(t, "f", b"", max_retries=max_retries.get(t)) for t in ids]
+
+
+def test_running_index_and_describe_exit():
+    assert running_index(None, 0, 3) is None
+    assert running_index(5, 3, 3) == 1  # two started since the last result: the second runs
+    assert running_index(3, 3, 2) is None  # all results in: nothing runs
+    assert running_index(9, 3, 2) is None  # the counter names a task no longer outstanding
+    assert describe_exit(-11) == "signal SIGSEGV"
+    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(None) == "exit code unknown"
+
+
+def test_start_clock_charges_from_the_first_poll_that_saw_the_task():
+    clock = StartClock()
+    assert clock.running_for(4, 10.0) == 0.0
+    assert clock.running_for(4, 10.5) == 0.5
+    assert clock.running_for(5, 11.0) == 0.0  # the next task started
+    assert clock.running_for(5, 11.2) == pytest.approx(0.2)
+
+
+def test_settle_retries_the_running_task_then_fails_it():
+    retries: dict[str, int] = {}
+    args = dict(pid=7, returncode=-9, cancelled=set(), retries=retries, default_max_retries=0)
+    failed, requeue = settle_dead_worker(_items("a", "b", "c", b=1), 1, None, **args)
+    assert failed == [] and [i.task_id for i in requeue] == ["a", "b", "c"]
+    failed, requeue = settle_dead_worker(_items("b", "c", b=1), 0, None, **args)
+    assert [i.task_id for i in requeue] == ["c"] and retries == {}
+    err = failed[0].error
+    assert failed[0].task_id == "b" and err.kind == "worker_died"
+    assert err.message == ("worker pid 7 died (signal SIGKILL) while running the task; "
+                           "attempts made: 2")
+
+
+def test_settle_after_a_kill_blames_only_the_killed_task_and_drops_cancelled():
+    timeout = ErrorInfo("WalltimeExceeded", "too long", kind="walltime")
+    cancelled = {"c"}
+    retries = {"a": 1, "c": 1}
+    # "d" started just before the kill over "b" landed: not its fault, no retry charged.
+    failed, requeue = settle_dead_worker(
+        _items("a", "b", "c", "d"), 3, Kill("b", timeout), pid=7, returncode=-9,
+        cancelled=cancelled, retries=retries, default_max_retries=3)
+    assert [(r.task_id, r.error) for r in failed] == [("b", timeout)]
+    assert [i.task_id for i in requeue] == ["a", "d"]
+    assert cancelled == set() and retries == {"a": 1}
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts fds via /proc")

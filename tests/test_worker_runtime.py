@@ -14,7 +14,7 @@ import fabric.worker
 from fabric.errors import TaskFailed
 from fabric.serialize import dumps_args, loads
 from fabric.worker.main import decode_frame, encode_frame
-from fabric.worker.runtime import FunctionCache, WorkResult, run_task, state
+from fabric.worker.runtime import FunctionCache, WorkItem, WorkResult, run_task, state
 
 # Functions defined here travel by value, as a user's would from a notebook.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -38,6 +38,14 @@ class LockedError(Exception):
     def __init__(self, msg: str) -> None:
         super().__init__(msg)
         self.lock = threading.Lock()
+
+
+def test_work_item_keeps_positional_construction_and_defaults_to_no_limits():
+    item = WorkItem("t1", "f1", b"args")
+    assert (item.walltime_s, item.max_retries) == (0.0, None)
+    item = WorkItem("t1", "f1", b"args", walltime_s=2.5, max_retries=0)
+    assert (item.task_id, item.function_id, item.args) == ("t1", "f1", b"args")
+    assert (item.walltime_s, item.max_retries) == (2.5, 0)
 
 
 def test_success_returns_pickled_value_and_runtime():

@@ -15,6 +15,7 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUCCESS: _ClassVar[TaskState]
     FAILED: _ClassVar[TaskState]
     CANCELLED: _ClassVar[TaskState]
+    PURGED: _ClassVar[TaskState]
 
 class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -37,6 +38,7 @@ DISPATCHED: TaskState
 SUCCESS: TaskState
 FAILED: TaskState
 CANCELLED: TaskState
+PURGED: TaskState
 ERROR_KIND_UNSPECIFIED: ErrorKind
 INVALID_REQUEST: ErrorKind
 FUNCTION_NOT_FOUND: ErrorKind
@@ -98,16 +100,20 @@ class RegisterFunctionReply(_message.Message):
     def __init__(self, function_id: _Optional[str] = ...) -> None: ...
 
 class TaskSubmission(_message.Message):
-    __slots__ = ("task_id", "function_id", "args", "endpoint")
+    __slots__ = ("task_id", "function_id", "args", "endpoint", "walltime_s", "max_retries")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    WALLTIME_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     function_id: str
     args: bytes
     endpoint: str
-    def __init__(self, task_id: _Optional[str] = ..., function_id: _Optional[str] = ..., args: _Optional[bytes] = ..., endpoint: _Optional[str] = ...) -> None: ...
+    walltime_s: float
+    max_retries: int
+    def __init__(self, task_id: _Optional[str] = ..., function_id: _Optional[str] = ..., args: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., walltime_s: _Optional[float] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("tasks", "session_id", "policy", "fail_if_offline")
@@ -278,8 +284,15 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("version", "uptime_s", "endpoints_online", "endpoints_total", "tasks_by_state", "functions", "store_path")
+    __slots__ = ("version", "uptime_s", "endpoints_online", "endpoints_total", "tasks_by_state", "functions", "store_path", "counters")
     class TasksByStateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +306,7 @@ class StatusReply(_message.Message):
     TASKS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
     FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     STORE_PATH_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     version: str
     uptime_s: float
     endpoints_online: int
@@ -300,7 +314,8 @@ class StatusReply(_message.Message):
     tasks_by_state: _containers.ScalarMap[str, int]
     functions: int
     store_path: str
-    def __init__(self, version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., endpoints_online: _Optional[int] = ..., endpoints_total: _Optional[int] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., functions: _Optional[int] = ..., store_path: _Optional[str] = ...) -> None: ...
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., endpoints_online: _Optional[int] = ..., endpoints_total: _Optional[int] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., functions: _Optional[int] = ..., store_path: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("name", "capabilities", "held_task_ids", "fabric_version")
@@ -327,16 +342,20 @@ class Heartbeat(_message.Message):
     def __init__(self, load: _Optional[float] = ..., free_slots: _Optional[int] = ..., queued: _Optional[int] = ..., sent_at: _Optional[float] = ...) -> None: ...
 
 class EndpointMessage(_message.Message):
-    __slots__ = ("hello", "credits", "results", "heartbeat")
+    __slots__ = ("hello", "credits", "results", "heartbeat", "draining", "returned")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     credits: int
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., credits: _Optional[int] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    draining: bool
+    returned: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., credits: _Optional[int] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[bool] = ..., returned: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("endpoint_id", "heartbeat_period_s")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -38,15 +39,23 @@ def main() -> None:
 @click.option("--max-payload", default=config.DEFAULT_MAX_PAYLOAD, show_default=True, type=int,
               help="largest function body, argument or result in bytes")
 @click.option("--heartbeat", default=config.DEFAULT_HEARTBEAT_PERIOD_S, show_default=True,
-              type=float, help="heartbeat period in seconds")
+              type=click.FloatRange(min=0.01), help="heartbeat period in seconds")
+@click.option("--heartbeat-misses", default=config.DEFAULT_HEARTBEAT_MISSES, show_default=True,
+              type=click.IntRange(min=1),
+              help="a link silent for this many periods is lost and its tasks requeued")
+@click.option("--retention", default=config.DEFAULT_RETENTION_S, show_default=True,
+              type=click.FloatRange(min=0), help="seconds to keep results after a client got them")
+@click.option("--max-age", default=config.DEFAULT_MAX_AGE_S, show_default=True,
+              type=click.FloatRange(min=0), help="seconds to keep results nobody collected")
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def hub(host: str, port: int, store_path: str | None, max_payload: int, heartbeat: float,
-        verbose: int) -> None:
-    """Run a hub in the foreground (Ctrl-C stops it cleanly)."""
+        heartbeat_misses: int, retention: float, max_age: float, verbose: int) -> None:
+    """Run a hub in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
     from fabric.hub import HubConfig, run_hub
 
     _logging(verbose)
-    cfg = HubConfig(host=host, port=port, max_payload=max_payload, heartbeat_period=heartbeat)
+    cfg = HubConfig(host=host, port=port, max_payload=max_payload, heartbeat_period=heartbeat,
+                    heartbeat_misses=heartbeat_misses, retention_s=retention, max_age_s=max_age)
     if store_path:
         cfg.store_path = store_path
     run_hub(cfg)
@@ -62,17 +71,56 @@ def endpoint() -> None:
 @HUB_OPTION
 @click.option("--workers", default=os.cpu_count() or 1, show_default=True, type=int,
               help="worker processes")
-@click.option("--prefetch", default=0, show_default=True, type=int,
+@click.option("--prefetch", default=0, show_default=True, type=click.IntRange(min=0),
               help="tasks to hold beyond what keeps the workers busy")
+@click.option("--max-retries", default=config.DEFAULT_MAX_RETRIES, show_default=True,
+              type=click.IntRange(0, 100),
+              help="reruns of a task whose worker died, unless the task sets its own")
+@click.option("--heartbeat-misses", default=config.DEFAULT_HEARTBEAT_MISSES, show_default=True,
+              type=click.IntRange(min=1), help="reconnect after the hub is silent this many periods")
+@click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="on SIGTERM / `fabric endpoint stop`: seconds to let running tasks finish")
+@click.option("--state-dir", default=None,
+              help="outbox and pid file  [default: ~/.fabric/endpoints/NAME]")
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
-def endpoint_start(name: str, hub: str, workers: int, prefetch: int, verbose: int) -> None:
-    """Start endpoint NAME in the foreground; it dials out to the hub and reconnects."""
+def endpoint_start(name: str, hub: str, workers: int, prefetch: int, max_retries: int,
+                   heartbeat_misses: int, drain_timeout: float, state_dir: str | None,
+                   verbose: int) -> None:
+    """Start endpoint NAME in the foreground; it dials out to the hub and reconnects.
+
+    SIGTERM (or `fabric endpoint stop NAME`) drains it: no new tasks, unstarted
+    ones handed back to the hub, running ones finish; a second signal stops it now."""
     from fabric.endpoint import EndpointConfig, run_endpoint
 
     _logging(verbose)
     if workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
-    run_endpoint(EndpointConfig(name=name, hub=hub, workers=workers, prefetch=prefetch))
+    _exit_on_error(run_endpoint, EndpointConfig(
+        name=name, hub=hub, workers=workers, prefetch=prefetch, max_retries=max_retries,
+        heartbeat_misses=heartbeat_misses, drain_timeout_s=drain_timeout, state_dir=state_dir))
+
+
+@endpoint.command("stop")
+@click.argument("name")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="seconds to wait for it to drain before killing it")
+@click.option("--state-dir", default=None, help="as given to `fabric endpoint start`")
+def endpoint_stop(name: str, timeout: float, state_dir: str | None) -> None:
+    """Drain and stop endpoint NAME running on this machine."""
+    from fabric.endpoint import stop_endpoint
+
+    pid = _exit_on_error(stop_endpoint, name, timeout, state_dir)
+    click.echo(f"endpoint {name} (pid {pid}) stopped")
+
+
+def _exit_on_error(fn: Any, *args: Any) -> Any:
+    from fabric.errors import FabricError
+
+    try:
+        return fn(*args)
+    except FabricError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 main.add_command(endpoints)

@@ -76,7 +76,7 @@ def endpoints(hub: str) -> None:
 
 
 STATE_STYLE = {TaskState.SUCCESS: "green", TaskState.FAILED: "red", TaskState.CANCELLED: "yellow",
-               TaskState.QUEUED: "cyan", TaskState.DISPATCHED: "blue"}
+               TaskState.QUEUED: "cyan", TaskState.DISPATCHED: "blue", TaskState.PURGED: "dim"}
 
 
 @click.command()

@@ -132,9 +132,14 @@ class AsyncClient:
 
     # ------------------------------------------------------------ submission
     def new_submission(self, function_id: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                       endpoint_id: str | None = None) -> pb.TaskSubmission:
-        return pb.TaskSubmission(task_id=uuid.uuid4().hex, function_id=function_id,
-                                 args=dumps_args(args, kwargs), endpoint=endpoint_id or "")
+                       endpoint_id: str | None = None, walltime: float = 0.0,
+                       max_retries: int | None = None) -> pb.TaskSubmission:
+        sub = pb.TaskSubmission(task_id=uuid.uuid4().hex, function_id=function_id,
+                                args=dumps_args(args, kwargs), endpoint=endpoint_id or "",
+                                walltime_s=walltime)
+        if max_retries is not None:
+            sub.max_retries = max_retries
+        return sub
 
     def enqueue(self, subs: Sequence[pb.TaskSubmission], policy: str = "",
                 ack: asyncio.Future[None] | None = None) -> None:
@@ -193,15 +198,19 @@ class AsyncClient:
         return [s.task_id for s in subs]
 
     async def run(self, *args: Any, function_id: str, endpoint_id: str | None = None,
-                  policy: str = "", **kwargs: Any) -> str:
+                  policy: str = "", walltime: float = 0.0, max_retries: int | None = None,
+                  **kwargs: Any) -> str:
         """Submit one call of a registered function; returns its task id once stored."""
-        (tid,) = await self.submit([self.new_submission(function_id, args, kwargs, endpoint_id)], policy)
+        sub = self.new_submission(function_id, args, kwargs, endpoint_id, walltime, max_retries)
+        (tid,) = await self.submit([sub], policy)
         return tid
 
     async def batch_run(self, function_id: str, calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
-                        endpoint_id: str | None = None, policy: str = "") -> list[str]:
+                        endpoint_id: str | None = None, policy: str = "", walltime: float = 0.0,
+                        max_retries: int | None = None) -> list[str]:
         """Submit many calls, each an (args, kwargs) pair; returns task ids in order."""
-        subs = [self.new_submission(function_id, tuple(a), dict(k), endpoint_id) for a, k in calls]
+        subs = [self.new_submission(function_id, tuple(a), dict(k), endpoint_id, walltime,
+                                    max_retries) for a, k in calls]
         return await self.submit(subs, policy)
 
     async def cancel(self, task_ids: Sequence[str]) -> list[str]:

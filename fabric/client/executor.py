@@ -38,11 +38,14 @@ class Executor(cf.Executor):
     """
 
     def __init__(self, endpoint_id: str | None = None, client: Client | None = None, *,
-                 address: str = config.DEFAULT_HUB_ADDRESS, policy: str = "") -> None:
+                 address: str = config.DEFAULT_HUB_ADDRESS, policy: str = "",
+                 walltime: float = 0.0, max_retries: int | None = None) -> None:
         self._owns_client = client is None
         self.client = client or Client(address)
         self.endpoint_id = endpoint_id
         self.policy = policy
+        self.walltime = walltime  # applies to every call submitted through this executor
+        self.max_retries = max_retries
         self._lock = threading.Lock()
         self._futures: dict[str, cf.Future[Any]] = {}
         self._queued: list[pb.TaskSubmission] = []  # pickled on the caller's thread
@@ -64,7 +67,8 @@ class Executor(cf.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
         fid = self.client.register_function(fn)  # cached after the first call
-        sub = self.client.aio.new_submission(fid, args, kwargs, self.endpoint_id)
+        sub = self.client.aio.new_submission(fid, args, kwargs, self.endpoint_id, self.walltime,
+                                             self.max_retries)
         fut: cf.Future[Any] = cf.Future()
         fut.task_id = sub.task_id  # type: ignore[attr-defined]
         with self._lock:

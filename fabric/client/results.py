@@ -9,7 +9,7 @@ from fabric._proto import fabric_pb2 as pb
 from fabric.models import error_from_proto
 from fabric.serialize import loads
 
-FINAL = frozenset({pb.SUCCESS, pb.FAILED, pb.CANCELLED})
+FINAL = frozenset({pb.SUCCESS, pb.FAILED, pb.CANCELLED, pb.PURGED})
 
 
 def is_final(r: pb.TaskResult) -> bool:
@@ -23,7 +23,7 @@ def outcome(r: pb.TaskResult) -> Any:
         return loads(r.value)
     if r.state == pb.TASK_STATE_UNSPECIFIED and r.error.type_name == "TaskNotFound":
         raise errors.TaskNotFound(r.error.message)
-    if r.state in (pb.FAILED, pb.CANCELLED):
+    if r.state in (pb.FAILED, pb.CANCELLED, pb.PURGED):
         raise error_from_proto(r.error).to_exception(r.task_id)
     raise errors.TaskPending(f"task {r.task_id} is {pb.TaskState.Name(r.state).lower()}")
 

@@ -74,14 +74,21 @@ class Client:
         return self._call(self.aio.register_function(fn, name))
 
     def run(self, *args: Any, function_id: str, endpoint_id: str | None = None,
-            policy: str = "", **kwargs: Any) -> str:
+            policy: str = "", walltime: float = 0.0, max_retries: int | None = None,
+            **kwargs: Any) -> str:
+        """Submit one call; returns its task id once the hub has stored it. `walltime`
+        (seconds) kills and fails it if it runs longer; `max_retries` is how often it
+        is rerun after its worker dies (default: the endpoint's setting)."""
         return self._call(self.aio.run(*args, function_id=function_id, endpoint_id=endpoint_id,
-                                       policy=policy, **kwargs))
+                                       policy=policy, walltime=walltime, max_retries=max_retries,
+                                       **kwargs))
 
     def batch_run(self, function_id: str, calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
-                  endpoint_id: str | None = None, policy: str = "") -> list[str]:
+                  endpoint_id: str | None = None, policy: str = "", walltime: float = 0.0,
+                  max_retries: int | None = None) -> list[str]:
         calls = list(calls)
-        return self._call(self.aio.batch_run(function_id, calls, endpoint_id, policy))
+        return self._call(self.aio.batch_run(function_id, calls, endpoint_id, policy,
+                                             walltime, max_retries))
 
     def get_result(self, task_id: str, timeout: float | None = None) -> Any:
         return self._call(self.aio.get_result(task_id, timeout))

@@ -3,26 +3,74 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import time
 
 from fabric.endpoint.agent import Endpoint, EndpointConfig
+from fabric.endpoint.outbox import StateDir
+from fabric.errors import FabricError
 
 
 def run_endpoint(cfg: EndpointConfig) -> None:
-    """Run an endpoint in this process until SIGINT/SIGTERM (used by `fabric endpoint start`)."""
+    """Run an endpoint in this process (used by `fabric endpoint start`).
+
+    SIGTERM or SIGINT drains it (the graceful stop); a second one stops it at once."""
     from fabric.loop import run
 
     async def main() -> None:
         ep = Endpoint(cfg)
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if ep.draining:
+                asyncio.ensure_future(ep.shutdown())
+            else:
+                asyncio.ensure_future(ep.drain())
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(ep.shutdown()))
+            loop.add_signal_handler(sig, on_signal)
         await ep.start()
-        print(f"fabric endpoint {cfg.name} started: {cfg.workers} workers, hub {cfg.hub}",
-              flush=True)
+        print(f"fabric endpoint {cfg.name} started: {cfg.workers} workers, hub {cfg.hub}, "
+              f"pid {os.getpid()}, state {ep.state.path}", flush=True)
         await ep.wait_closed()
+        print(f"fabric endpoint {cfg.name} stopped", flush=True)
 
     run(main())
 
 
-__all__ = ["Endpoint", "EndpointConfig", "run_endpoint"]
+def stop_endpoint(name: str, timeout: float = 60.0, state_dir: str | None = None) -> int:
+    """Ask the endpoint NAME running on this machine to drain and stop; returns its pid.
+
+    Waits up to `timeout` seconds for it to exit, then kills it (the hub requeues
+    whatever it still held)."""
+    state = StateDir(name, state_dir)
+    pid = state.running_pid()
+    if pid is None:
+        raise FabricError(f"endpoint {name} is not running here (no live pid in {state.pid_file})")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return pid
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    raise FabricError(f"endpoint {name} (pid {pid}) did not stop within {timeout:.0f}s; killed it")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # A zombie child of ours counts as gone.
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+__all__ = ["Endpoint", "EndpointConfig", "run_endpoint", "stop_endpoint"]

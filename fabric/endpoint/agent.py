@@ -1,9 +1,14 @@
 """The endpoint agent: dials out to the hub, keeps one stream, feeds the worker pool.
 
 It never accepts connections. While the hub is away it keeps running the
-tasks it holds and keeps their results until the hub acknowledges them; on
-reconnect it says which tasks it still holds and replays unacknowledged
-results, so nothing finished is lost and nothing is sent twice on purpose.
+tasks it holds and keeps their results on disk (the outbox) until the hub
+acknowledges them; on reconnect, or after a restart, it says which tasks it
+still holds and replays unacknowledged results, so nothing finished is lost
+and nothing is sent twice on purpose.
+
+Lifecycle: start() -> [drain()] -> shutdown(). drain() is the graceful stop
+(`fabric endpoint stop`, SIGTERM): no new tasks, unstarted ones handed back,
+running ones finish (up to a deadline), results acknowledged, then shutdown.
 
 Credits: the endpoint grants the hub as many tasks as it can usefully hold
 (the pool's capacity plus a prefetch allowance), counting what it already
@@ -26,6 +31,7 @@ from fabric import __version__, config
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.endpoint.capabilities import detect, load_per_core
+from fabric.endpoint.outbox import Outbox, StateDir
 from fabric.endpoint.pool import WorkerPool
 from fabric.models import error_to_proto
 from fabric.worker.runtime import WorkItem, WorkResult
@@ -41,6 +47,9 @@ class EndpointConfig:
     prefetch: int = 0  # extra tasks held beyond what keeps the workers busy
     max_result_bytes: int = config.DEFAULT_MAX_PAYLOAD
     heartbeat_misses: int = config.DEFAULT_HEARTBEAT_MISSES
+    max_retries: int = config.DEFAULT_MAX_RETRIES  # per task, unless the task says otherwise
+    state_dir: str | None = None  # default: $FABRIC_HOME/endpoints/NAME
+    drain_timeout_s: float = 30.0
     reconnect_min_s: float = 0.05
     reconnect_max_s: float = 5.0
 
@@ -50,9 +59,14 @@ class Endpoint:
         self.config = cfg
         self.endpoint_id: str | None = None
         self.connected = asyncio.Event()
-        self.pool = WorkerPool(cfg.workers, self._on_results, max_result_bytes=cfg.max_result_bytes)
+        self.pool = WorkerPool(cfg.workers, self._on_results, max_result_bytes=cfg.max_result_bytes,
+                               max_retries=cfg.max_retries)
+        self.state = StateDir(cfg.name, cfg.state_dir)
+        self.outbox: Outbox | None = None
         self.held: dict[str, WorkItem] = {}  # received, no result yet
         self.unacked: dict[str, pb.TaskResult] = {}  # results the hub has not acknowledged
+        self.draining = False
+        self._returned: list[str] = []  # unstarted tasks handed back while draining
         self._to_send: list[pb.TaskResult] = []
         self._last_heard = time.monotonic()
         self._granted = 0  # credits granted on the current stream, tasks not yet received
@@ -64,9 +78,50 @@ class Endpoint:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> "Endpoint":
-        await self.pool.start()
+        self.state.lock()  # EndpointBusy if this name already runs here
+        try:
+            self.outbox = Outbox(self.state.outbox)
+            for r in self.outbox.pending():  # finished before a restart, never acknowledged
+                self.unacked[r.task_id] = r
+            if self.unacked:
+                log.info("%d results from before the restart will be replayed", len(self.unacked))
+            await self.pool.start()
+        except BaseException:
+            self._release()
+            raise
         self._main = asyncio.create_task(self._connect_forever())
         return self
+
+    def _release(self) -> None:
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+        self.state.unlock()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop taking tasks, hand back the unstarted ones, let running ones finish
+        and their results be acknowledged (up to `timeout`), then shut down."""
+        if self._stopping or self.draining:
+            await self.shutdown()
+            return
+        self.draining = True
+        timeout = self.config.drain_timeout_s if timeout is None else timeout
+        unstarted = self.pool.take_unstarted()
+        for item in unstarted:
+            self.held.pop(item.task_id, None)
+        self._returned.extend(item.task_id for item in unstarted)
+        log.info("draining: %d unstarted tasks handed back, %d running", len(unstarted),
+                 len(self.held))
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while (self.held or self.unacked or self._returned) and time.monotonic() < deadline:
+            if not self.connected.is_set() and not self.held:
+                break  # results are safe in the outbox; the hub gets them after a restart
+            await asyncio.sleep(0.02)
+        if self.held:
+            log.warning("drain deadline: %d tasks still running are abandoned; the hub "
+                        "requeues them", len(self.held))
+        await self.shutdown()
 
     async def wait_connected(self, timeout: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)
@@ -89,6 +144,7 @@ class Endpoint:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.pool.shutdown()
+        self._release()
         self._closed.set()
 
     async def __aenter__(self) -> "Endpoint":
@@ -123,10 +179,14 @@ class Endpoint:
         cfg = self.config
         async with grpc.aio.insecure_channel(cfg.hub, options=config.grpc_options()) as channel:
             call = pb_grpc.EndpointServiceStub(channel).Connect()
+            # Finished-but-unacknowledged tasks count as held too: the hub must not
+            # send them again before their replayed results arrive.
             hello = pb.Hello(name=cfg.name, capabilities=detect(cfg.workers).to_proto(),
-                             held_task_ids=list(self.held), fabric_version=__version__)
+                             held_task_ids=[*self.held, *self.unacked],
+                             fabric_version=__version__)
             self._granted = 0
-            first = pb.EndpointMessage(hello=hello, credits=self._credits_wanted())
+            first = pb.EndpointMessage(hello=hello, credits=self._credits_wanted(),
+                                       draining=self.draining)
             self._granted = first.credits
             await call.write(first)
             reply = await call.read()
@@ -161,8 +221,9 @@ class Endpoint:
                 for fn in msg.functions:
                     self.pool.add_function(fn.function_id, fn.body)
             if msg.tasks:
-                items = [WorkItem(t.task_id, t.function_id, t.args) for t in msg.tasks
-                         if t.task_id not in self.held]
+                items = [WorkItem(t.task_id, t.function_id, t.args, walltime_s=t.walltime_s,
+                                  max_retries=t.max_retries if t.HasField("max_retries") else None)
+                         for t in msg.tasks if t.task_id not in self.held]
                 self._granted -= len(msg.tasks)
                 for item in items:
                     self.held[item.task_id] = item
@@ -170,6 +231,8 @@ class Endpoint:
             if msg.acks:
                 for tid in msg.acks:
                     self.unacked.pop(tid, None)
+                if self.outbox is not None:
+                    self.outbox.ack(msg.acks)
             if msg.cancel:
                 for tid in self.pool.cancel(msg.cancel):
                     self.held.pop(tid, None)
@@ -193,6 +256,11 @@ class Endpoint:
                 del self._to_send[:n]
                 if self._to_send:
                     self._wake.set()
+            if self.draining:
+                msg.draining = True
+                if self._returned:
+                    msg.returned.extend(self._returned)
+                    self._returned.clear()
             want = self._credits_wanted()
             if want > 0:
                 msg.credits = want
@@ -203,22 +271,30 @@ class Endpoint:
                     load=load_per_core(), free_slots=self.pool.free_slots,
                     queued=self.pool.queued, sent_at=time.time()))
                 last_beat = now
-            if msg.results or msg.credits or msg.HasField("heartbeat"):
+            if msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining:
                 await call.write(msg)
 
     def _credits_wanted(self) -> int:
+        if self.draining:
+            return 0
         target = self.pool.capacity() + self.config.prefetch
         return max(0, target - len(self.held) - self._granted)
 
     # ------------------------------------------------------------ results
     def _on_results(self, results: list[WorkResult]) -> None:
+        fresh = []
         for r in results:
             self.held.pop(r.task_id, None)
             m = pb.TaskResult(task_id=r.task_id, state=pb.SUCCESS if r.ok else pb.FAILED,
                               value=r.value, runtime_s=r.runtime_s, endpoint_id=self.endpoint_id or "")
             if r.error is not None:
                 m.error.CopyFrom(error_to_proto(r.error))
-            self.unacked[r.task_id] = m
+            fresh.append(m)
+        if self.outbox is not None:
+            # On disk before it is sent: a crash from here on cannot lose the result.
+            self.outbox.put(fresh)
+        for m in fresh:
+            self.unacked[m.task_id] = m
             self._to_send.append(m)
         self.completed += len(results)
         self._wake.set()

@@ -13,6 +13,11 @@ task it was running (known from a counter the worker bumps in shared memory
 before each task) fails with WorkerDied or is retried; the rest go back to
 the front of the queue in order; a new worker replaces it. The pool itself
 never crashes.
+
+The pool also kills workers itself: when a task runs past its walltime (a
+watchdog polls the counters, only while some task has a walltime) and when
+a running task is cancelled. What happens to the tasks of a dead worker is
+decided in fabric/endpoint/supervision.py.
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ import heapq
 import logging
 import math
 import os
-import signal
 import sys
+import time
 from collections import deque
+from itertools import islice
 from typing import Any, Callable, Iterable
 
 from fabric.config import DEFAULT_MAX_PAYLOAD
+from fabric.endpoint.supervision import (Kill, StartClock, describe_exit, overran,
+                                         running_index, settle_dead_worker, walltime_error)
 from fabric.serialize import ErrorInfo
 from fabric.worker.main import (HEADER_BYTES, decode_frame, encode_frame, progress_file,
                                 read_progress, worker_command, worker_env)
@@ -41,6 +49,8 @@ INITIAL_CAP = 2
 MAX_CAP = 64
 EWMA_ALPHA = 0.1
 START_TIMEOUT_S = 60.0
+#: How often the watchdog reads the counters of workers running timed tasks.
+WATCHDOG_PERIOD_S = 0.05
 
 
 def per_worker_cap(ewma_runtime_s: float | None) -> int:
@@ -52,19 +62,9 @@ def per_worker_cap(ewma_runtime_s: float | None) -> int:
     return max(1, min(MAX_CAP, math.ceil(TARGET_QUEUED_S / ewma_runtime_s)))
 
 
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "exit code unknown"
-    if returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit code {returncode}"
-
-
 class _Worker:
-    __slots__ = ("proc", "pid", "outstanding", "functions", "done", "progress_fd")
+    __slots__ = ("proc", "pid", "outstanding", "functions", "done", "progress_fd", "clock",
+                 "accepting", "kill")
 
     def __init__(self, proc: asyncio.subprocess.Process, progress_fd: int) -> None:
         self.proc = proc
@@ -74,6 +74,14 @@ class _Worker:
         # task_id -> item, in the order sent: the worker runs them in this order.
         self.outstanding: dict[str, WorkItem] = {}
         self.functions: set[str] = set()  # bodies this worker has already been sent
+        self.clock = StartClock()  # when its current task started (read by the watchdog)
+        self.accepting = True  # False once killed or its stream ended: no more tasks
+        self.kill: Kill | None = None  # why the pool killed it, if it did
+
+    def running(self, started: int | None) -> WorkItem | None:
+        """The task this worker started last, unless its result is already in."""
+        i = running_index(started, self.done, len(self.outstanding))
+        return None if i is None else next(islice(self.outstanding.values(), i, None))
 
     def send(self, obj: Any) -> None:
         header, payload = encode_frame(obj)
@@ -100,7 +108,10 @@ class WorkerPool:
         self._live: list[_Worker] = []
         self._procs: set[asyncio.subprocess.Process] = set()  # every child not yet reaped
         self._progress_fds: set[int] = set()  # open progress files, closed once read
-        self._retries: dict[str, int] = {}
+        self._retries: dict[str, int] = {}  # task_id -> reruns so far, after worker deaths
+        # Cancelled while on a worker: their results are dropped when they come back.
+        self._cancelled: set[str] = set()
+        self._watchdog: asyncio.Task[None] | None = None
         self._ewma: float | None = None
         self._cap = INITIAL_CAP
         self._readers: set[asyncio.Task[None]] = set()
@@ -147,6 +158,9 @@ class WorkerPool:
         for job in self._spawners:
             job.cancel()  # a half-started worker is killed by its own _spawn
         await asyncio.gather(*self._spawners, return_exceptions=True)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         for w in self._live:
             try:
                 w.send(("stop",))
@@ -186,25 +200,64 @@ class WorkerPool:
         self._assign()
 
     def cancel(self, task_ids: Iterable[str]) -> list[str]:
-        """Drop tasks not yet sent to a worker; returns the ids dropped."""
-        wanted = set(task_ids)
-        if not wanted or not self._queue:
+        """Cancel tasks wherever they are; returns the ids cancelled, none of which
+        will ever produce a result.
+
+        A queued task is dropped. A task on a worker that has not started is
+        skipped by the worker (or, if it started meanwhile, its result is
+        dropped). A running task has its worker killed (SIGKILL, without
+        waiting) and replaced; that worker's other tasks are requeued at the
+        front. Unknown or already cancelled ids are ignored."""
+        wanted = set(task_ids) - self._cancelled
+        if not wanted:
             return []
-        keep: deque[WorkItem] = deque()
-        dropped: list[str] = []
-        for item in self._queue:
-            if item.task_id in wanted:
-                dropped.append(item.task_id)
-            else:
-                keep.append(item)
-        self._queue = keep
-        for tid in dropped:
+        cancelled: list[str] = []
+        if self._queue:
+            keep: deque[WorkItem] = deque()
+            for item in self._queue:
+                if item.task_id in wanted:
+                    cancelled.append(item.task_id)
+                else:
+                    keep.append(item)
+            self._queue = keep
+        for w in self._live:
+            if len(cancelled) == len(wanted):
+                break
+            hits = [tid for tid in w.outstanding if tid in wanted]
+            if hits:
+                self._cancel_on_worker(w, hits)
+                cancelled += hits
+        for tid in cancelled:
             self._retries.pop(tid, None)
-        return dropped
+        return cancelled
+
+    def _cancel_on_worker(self, w: _Worker, task_ids: list[str]) -> None:
+        self._cancelled.update(task_ids)
+        if not w.accepting:
+            return  # dying: _worker_lost drops cancelled tasks
+        running = w.running(read_progress(w.progress_fd))
+        if running is not None and running.task_id in self._cancelled:
+            self._kill_worker(w, Kill(running.task_id, None), "its running task was cancelled")
+            return
+        try:
+            w.send(("cancel", task_ids))
+        except Exception:  # noqa: BLE001 - its reader will see it die and settle its tasks
+            pass
+
+    def take_unstarted(self) -> list[WorkItem]:
+        """Remove and return the queued tasks, for a draining endpoint to hand back.
+
+        Tasks already sent to a worker stay and finish here: one may start at
+        any moment, and handing it back could run it twice."""
+        items = list(self._queue)
+        self._queue.clear()
+        for item in items:
+            self._retries.pop(item.task_id, None)
+        return items
 
     @property
     def free_slots(self) -> int:
-        return sum(1 for w in self._live if not w.outstanding)
+        return sum(1 for w in self._live if w.accepting and not w.outstanding)
 
     @property
     def queued(self) -> int:
@@ -233,7 +286,7 @@ class WorkerPool:
         cap, queue = self._cap, self._queue
         # Water-fill: each task goes to the worker with the fewest outstanding.
         heap = [(len(w.outstanding), i) for i, w in enumerate(self._live)
-                if len(w.outstanding) < cap]
+                if len(w.outstanding) < cap and w.accepting]
         heapq.heapify(heap)
         batches: dict[int, list[WorkItem]] = {}
         while queue and heap:
@@ -247,8 +300,14 @@ class WorkerPool:
             self._send_tasks(self._live[i], batch)
 
     def _send_tasks(self, w: _Worker, batch: list[WorkItem]) -> None:
+        timed = False
         for item in batch:
             w.outstanding[item.task_id] = item
+            if item.walltime_s:
+                timed = True
+        if timed and self._watchdog is None:
+            # Started here, not at submit: waiting in the queue costs no walltime.
+            self._watchdog = asyncio.ensure_future(self._watch_walltimes())
         missing = {item.function_id for item in batch} - w.functions
         try:
             if missing:
@@ -312,6 +371,8 @@ class WorkerPool:
     def _on_frame(self, w: _Worker, rows: list[tuple[Any, ...]]) -> None:
         outstanding, ewma = w.outstanding, self._ewma
         w.done += len(rows)
+        if self._cancelled:
+            rows = self._drop_cancelled(w, rows)
         results = []
         for task_id, ok, value, error, runtime_s in rows:
             outstanding.pop(task_id, None)
@@ -323,8 +384,20 @@ class WorkerPool:
                 self._retries.pop(r.task_id, None)
         self._ewma = ewma
         self._cap = per_worker_cap(ewma)
-        self._deliver(results)
+        if results:
+            self._deliver(results)
         self._assign()
+
+    def _drop_cancelled(self, w: _Worker, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        cancelled = self._cancelled
+        kept = []
+        for row in rows:
+            if row[0] in cancelled:
+                cancelled.discard(row[0])
+                w.outstanding.pop(row[0], None)
+            else:
+                kept.append(row)
+        return kept
 
     def _deliver(self, results: list[WorkResult]) -> None:
         try:
@@ -333,8 +406,8 @@ class WorkerPool:
             log.exception("on_results callback failed")
 
     async def _worker_lost(self, w: _Worker) -> None:
-        if w in self._live:
-            self._live.remove(w)
+        # It stays in _live until its tasks are settled, so cancel() still finds them.
+        w.accepting = False
         if self._closing:
             return  # shutdown reaps it; unfinished tasks are dropped by design
         w.proc.stdin.close()
@@ -346,30 +419,27 @@ class WorkerPool:
         self._procs.discard(w.proc)
         started = read_progress(w.progress_fd)
         self._close_progress(w.progress_fd)
+        if w in self._live:
+            self._live.remove(w)
         if self._closing:
             return
-        how = describe_exit(w.proc.returncode)
         items = list(w.outstanding.values())
         w.outstanding.clear()
-        # Results come back in the order tasks were sent, so the running task
-        # is the (started - done)-th outstanding one. Those before it finished
-        # but their batched results died with the worker: they run again.
-        running = (started - w.done - 1) if started is not None else 0
-        log.warning("worker pid %d died (%s) with %d task(s) outstanding, %s", w.pid, how,
-                    len(items), f"running {items[running].task_id}"
-                    if 0 <= running < len(items) else "none of them running")
-        if 0 <= running < len(items):
-            culprit = items.pop(running)
-            tries = self._retries.get(culprit.task_id, 0)
-            if tries < self._max_retries:
-                self._retries[culprit.task_id] = tries + 1
-                items.insert(running, culprit)
-            else:
-                self._retries.pop(culprit.task_id, None)
-                self._deliver([WorkResult(culprit.task_id, False, error=ErrorInfo(
-                    "WorkerDied", f"worker pid {w.pid} died ({how}) while running the task",
-                    kind="worker_died"))])
-        self._queue.extendleft(reversed(items))  # at the front, in their order
+        # Tasks before the running one finished, but their batched results
+        # died with the worker: they run again.
+        running = running_index(started, w.done, len(items))
+        if w.kill is None:
+            log.warning("worker pid %d died (%s) with %d task(s) outstanding, %s", w.pid,
+                        describe_exit(w.proc.returncode), len(items),
+                        "none of them running" if running is None
+                        else f"running {items[running].task_id}")
+        failed, requeue = settle_dead_worker(
+            items, running, w.kill, pid=w.pid, returncode=w.proc.returncode,
+            cancelled=self._cancelled, retries=self._retries,
+            default_max_retries=self._max_retries)
+        if failed:
+            self._deliver(failed)
+        self._queue.extendleft(reversed(requeue))  # at the front, in their order
         job = asyncio.ensure_future(self._replace())
         self._spawners.add(job)
         job.add_done_callback(self._spawners.discard)
@@ -390,6 +460,38 @@ class WorkerPool:
             self._adopt(w)
             self._assign()
             return
+
+    # ------------------------------------------------------------ killing on purpose
+    def _kill_worker(self, w: _Worker, kill: Kill, why: str) -> None:
+        """SIGKILL a worker now; its reader then settles its tasks and replaces it."""
+        log.warning("killing worker pid %d: %s (task %s)", w.pid, why, kill.task_id)
+        w.kill, w.accepting = kill, False
+        _kill(w.proc)
+
+    async def _watch_walltimes(self) -> None:
+        # Runs only while a worker holds a task with a walltime, so plain tasks pay nothing.
+        try:
+            while not self._closing:
+                now = time.monotonic()
+                timed = False
+                for w in self._live:
+                    if not w.accepting or not any(i.walltime_s for i in w.outstanding.values()):
+                        continue
+                    timed = True
+                    started = read_progress(w.progress_fd)
+                    if started is None:
+                        continue
+                    running_s = w.clock.running_for(started, now)
+                    item = w.running(started)
+                    if item is not None and overran(item, running_s) \
+                            and item.task_id not in self._cancelled:
+                        self._kill_worker(w, Kill(item.task_id, walltime_error(item, w.pid)),
+                                          f"ran past its walltime of {item.walltime_s:g}s")
+                if not timed:
+                    return  # _send_tasks starts it again
+                await asyncio.sleep(WATCHDOG_PERIOD_S)
+        finally:
+            self._watchdog = None
 
 
 async def _read_frame(stream: asyncio.StreamReader) -> Any:

@@ -61,6 +61,18 @@ def check_ids(ids: Any, what: str) -> list[str]:
     return ids
 
 
+MAX_RETRIES = 100
+
+
+def check_limits(t: pb.TaskSubmission) -> None:
+    if not (0.0 <= t.walltime_s < float("inf")):
+        raise errors.InvalidRequest(f"task {t.task_id}: walltime must be a positive number of "
+                                    f"seconds (or 0 for none), not {t.walltime_s}")
+    if t.HasField("max_retries") and not 0 <= t.max_retries <= MAX_RETRIES:
+        raise errors.InvalidRequest(f"task {t.task_id}: max_retries must be 0..{MAX_RETRIES}, "
+                                    f"not {t.max_retries}")
+
+
 class ClientApi(pb_grpc.ClientServiceServicer):
     def __init__(self, dispatcher: Dispatcher, store: TaskStore, sessions: Sessions,
                  max_payload: int, version: str) -> None:
@@ -127,13 +139,15 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 raise errors.PayloadTooLarge(
                     f"task {t.task_id}: arguments are {len(t.args)} bytes; "
                     f"the limit is {self.max_payload}")
+            check_limits(t)
             requested = None
             if t.endpoint:
                 if t.endpoint not in resolved:
                     resolved[t.endpoint] = self._check_endpoint(t.endpoint, fn, request.fail_if_offline)
                 requested = resolved[t.endpoint]
             live.append(LiveTask(t.task_id, fn.function_id, t.args, requested,
-                                 fn.python_version, policy))
+                                 fn.python_version, policy, t.walltime_s,
+                                 t.max_retries if t.HasField("max_retries") else None))
         if request.fail_if_offline and not self.d.links and any(t.requested is None for t in live):
             raise errors.NoEligibleEndpoint("no endpoint is online")
         # Resubmitting an id that is already live is a no-op (idempotent retries).
@@ -143,7 +157,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             raise errors.NoEligibleEndpoint(next(t.reason for t in live if t.endpoint_id is None))
         now = time.time()
         rows = [(t.task_id, t.function_id, int(TaskState.QUEUED), t.requested, t.endpoint_id,
-                 request.session_id, owner, t.reason, t.args, now) for t in live]
+                 request.session_id, owner, t.reason, t.args, now, t.walltime_s, t.max_retries)
+                for t in live]
         existing = await self.store.insert_tasks(rows)  # acknowledged only once committed
         if request.session_id:
             self.sessions.watch(request.session_id, (t.task_id for t in request.tasks))
@@ -188,6 +203,11 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                                   endpoint_id=row.endpoint_id or "", runtime_s=row.runtime_s or 0.0)
                 if row.error:
                     r.error.ParseFromString(row.error)
+                elif row.state is TaskState.PURGED:
+                    r.error.CopyFrom(pb.TaskError(
+                        type_name="ResultPurged", kind="purged",
+                        message="finished, but its result was dropped after the hub's "
+                                "retention period"))
                 out[tid] = r
         return [out[tid] for tid in task_ids]
 
@@ -199,7 +219,9 @@ class ClientApi(pb_grpc.ClientServiceServicer):
     @_rpc
     async def GetResults(self, request: pb.GetResultsRequest, context: Any) -> pb.GetResultsReply:
         ids = check_ids(request.task_ids, "task")
-        return pb.GetResultsReply(results=await self.results(ids))
+        results = await self.results(ids)
+        self.sessions.delivered([r.task_id for r in results if r.state in _FINAL])
+        return pb.GetResultsReply(results=results)
 
     async def Watch(self, request: pb.WatchRequest, context: Any) -> Any:
         if not request.session_id or len(request.session_id) > MAX_ID_LENGTH:
@@ -283,8 +305,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             version=self.version, uptime_s=time.time() - self.started,
             endpoints_online=len(self.d.links), endpoints_total=len(self.d.endpoints),
             tasks_by_state={s.name: n for s, n in by_state.items()},
-            functions=functions, store_path=self.store.path,
+            functions=functions, store_path=self.store.path, counters=dict(self.d.counters),
         ).to_proto()
 
 
-_FINAL = (pb.SUCCESS, pb.FAILED, pb.CANCELLED)
+_FINAL = (pb.SUCCESS, pb.FAILED, pb.CANCELLED, pb.PURGED)

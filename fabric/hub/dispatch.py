@@ -22,7 +22,7 @@ from fabric._proto import fabric_pb2 as pb
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import FunctionRow, TaskStore
 from fabric.models import Capabilities
-from fabric.states import Event, TaskState, can
+from fabric.states import Action, Event, TaskState, can, step
 
 log = logging.getLogger("fabric.hub")
 
@@ -31,10 +31,11 @@ class LiveTask:
     """A task the hub still has to finish. Arguments stay opaque bytes."""
 
     __slots__ = ("task_id", "function_id", "args", "requested", "endpoint_id", "state",
-                 "python_version", "policy", "reason")
+                 "python_version", "policy", "reason", "walltime_s", "max_retries")
 
     def __init__(self, task_id: str, function_id: str, args: bytes, requested: str | None,
-                 python_version: str, policy: str) -> None:
+                 python_version: str, policy: str, walltime_s: float = 0.0,
+                 max_retries: int | None = None) -> None:
         self.task_id = task_id
         self.function_id = function_id
         self.args = args
@@ -44,6 +45,8 @@ class LiveTask:
         self.python_version = python_version
         self.policy = policy
         self.reason = ""
+        self.walltime_s = walltime_s
+        self.max_retries = max_retries
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Link:
     load: float = 0.0
     free_slots: int = 0
     remote_queued: int = 0
+    draining: bool = False  # the endpoint is stopping: send it nothing new
     closed: bool = False
 
     @property
@@ -89,7 +93,10 @@ class Dispatcher:
         self.endpoints: dict[str, EndpointRecord] = {}
         self.functions: dict[str, FunctionRow] = {}
         self._policies: dict[str, scheduler.Policy] = {}
-        self.duplicates_dropped = 0
+        # Monotonic counts for `fabric status` and the chaos benchmark.
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("results", "duplicates_dropped", "links_lost", "requeued", "handed_back",
+             "cancelled", "purged"), 0)
 
     # ------------------------------------------------------------ routing
     def policy(self, name: str) -> scheduler.Policy:
@@ -106,7 +113,7 @@ class Dispatcher:
             out.append(scheduler.EndpointView(
                 endpoint_id=rec.endpoint_id,
                 name=rec.name,
-                online=link is not None,
+                online=link is not None and not link.draining,
                 python_version=caps.python_version if caps else "",
                 workers=caps.workers if caps else 1,
                 credits=link.credits if link else 0,
@@ -167,36 +174,87 @@ class Dispatcher:
             self.link_lost(old)
         self.links[link.endpoint_id] = link
         self.endpoints[link.endpoint_id] = link.endpoint
+        claimed = []
         for tid in held_task_ids:
             t = self.tasks.get(tid)
-            if t is None:  # finished or cancelled meanwhile: tell it to stop
+            if t is None or t.state is not TaskState.QUEUED:
+                # Finished, cancelled, or already running elsewhere since the hub
+                # requeued it: this copy must stop (its result would be dropped anyway).
                 link.cancels.append(tid)
                 continue
-            t.state, t.endpoint_id = TaskState.DISPATCHED, link.endpoint_id
+            # Still queued here (requeued, or reloaded after a hub restart): the
+            # endpoint's copy is as good as a fresh dispatch, and saves running it twice.
+            t.state, t.endpoint_id = step(t.state, Event.DISPATCH).state, link.endpoint_id
             link.in_flight.add(tid)
+            claimed.append(tid)
+        if claimed:
+            self.store.mark_dispatched(claimed, link.endpoint_id, time.time())
         self.route_held()
         link.wake.set()
 
     def link_lost(self, link: Link) -> None:
-        """Requeue what the endpoint held: to the same endpoint when pinned, else re-route."""
+        """The link is gone: requeue what the endpoint held."""
         if link.closed:
             return
         link.closed = True
         link.wake.set()
         if self.links.get(link.endpoint_id) is link:
             del self.links[link.endpoint_id]
-        requeued = [self.tasks[tid] for tid in link.in_flight if tid in self.tasks]
+        self.counters["links_lost"] += 1
+        held = list(link.in_flight)
         link.in_flight.clear()
-        if not requeued:
-            return
-        for t in requeued:
-            t.state = TaskState.QUEUED
-        pinned = [t for t in requeued if t.requested]
-        free = [t for t in requeued if not t.requested]
+        n = self.requeue(held)
+        n += self.reroute_queue(link.endpoint_id)
+        if n:
+            log.warning("link to %s lost: %d tasks requeued", link.endpoint.name, n)
+
+    def requeue(self, task_ids: Iterable[str]) -> int:
+        """Dispatched tasks back to QUEUED: pinned ones wait for their endpoint, the
+        rest are routed again. They go to the front: they have waited longest."""
+        tasks = []
+        for tid in task_ids:
+            t = self.tasks.get(tid)
+            if t is not None and can(t.state, Event.REQUEUE):
+                t.state = step(t.state, Event.REQUEUE).state
+                tasks.append(t)
+        if not tasks:
+            return 0
+        free = [t for t in tasks if not t.requested]
         self.route(free)
-        self.store.mark_queued([t.task_id for t in requeued])
-        self.enqueue(pinned + free, front=True)
-        log.warning("link to %s lost: %d tasks requeued", link.endpoint.name, len(requeued))
+        self.store.mark_queued([t.task_id for t in tasks])
+        self.enqueue(tasks, front=True)
+        self.counters["requeued"] += len(tasks)
+        return len(tasks)
+
+    def reroute_queue(self, endpoint_id: str) -> int:
+        """Unpinned tasks waiting for an endpoint that went away go elsewhere;
+        pinned ones keep waiting for it."""
+        q = self.queues.get(endpoint_id)
+        if not q:
+            return 0
+        waiting = [self.tasks[tid] for tid in q if tid in self.tasks]
+        movable = [t for t in waiting if t.state is TaskState.QUEUED and not t.requested
+                   and t.endpoint_id == endpoint_id]
+        if not movable:
+            return 0
+        self.route(movable)
+        moved = [t for t in movable if t.endpoint_id != endpoint_id]
+        if moved:
+            self.store.set_routes([(t.endpoint_id, t.reason, t.task_id) for t in moved
+                                   if t.endpoint_id])
+            self.enqueue(moved)  # the old queue's entries are now stale and skipped
+        return len(moved)
+
+    def reroute_offline(self) -> int:
+        """After a hub restart: tasks routed to endpoints that did not come back."""
+        return sum(self.reroute_queue(eid) for eid in list(self.queues) if eid not in self.links)
+
+    def hand_back(self, link: Link, task_ids: Sequence[str]) -> None:
+        """A draining endpoint returned tasks it will not run."""
+        mine = [tid for tid in task_ids if tid in link.in_flight]
+        for tid in mine:
+            link.in_flight.discard(tid)
+        self.counters["handed_back"] += self.requeue(mine)
 
     def take(self, link: Link) -> pb.HubMessage | None:
         """The next message for `link`: tasks within its credits, bodies, acks, cancels."""
@@ -204,7 +262,7 @@ class Dispatcher:
         q = self.queues.get(link.endpoint_id)
         sent: list[str] = []
         size = 0
-        while q and link.credits > 0 and len(sent) < config.MAX_TASKS_PER_BATCH:
+        while q and link.credits > 0 and not link.draining and len(sent) < config.MAX_TASKS_PER_BATCH:
             tid = q.popleft()
             t = self.tasks.get(tid)
             # Stale entries (cancelled, finished, re-routed) are skipped lazily.
@@ -217,7 +275,10 @@ class Dispatcher:
                 fn = self.functions[t.function_id]
                 msg.functions.add(function_id=fn.function_id, body=fn.body)
                 link.sent_functions.add(t.function_id)
-            msg.tasks.add(task_id=tid, function_id=t.function_id, args=t.args)
+            task = msg.tasks.add(task_id=tid, function_id=t.function_id, args=t.args,
+                                 walltime_s=t.walltime_s)
+            if t.max_retries is not None:
+                task.max_retries = t.max_retries
             t.state = TaskState.DISPATCHED
             link.in_flight.add(tid)
             link.credits -= 1
@@ -245,9 +306,15 @@ class Dispatcher:
         for r in results:
             t = self.tasks.get(r.task_id)
             event = Event.SUCCEED if r.state == pb.SUCCESS else Event.FAIL
-            if t is None or not can(t.state, event):
+            if t is None or not can(t.state, event):  # final already: first result won
                 dup.append(r.task_id)
                 continue
+            other = self.links.get(t.endpoint_id or "")
+            if other is not None and other is not link and t.task_id in other.in_flight:
+                # Requeued and re-sent to another endpoint meanwhile: that copy must stop.
+                other.in_flight.discard(t.task_id)
+                other.cancels.append(t.task_id)
+                other.wake.set()
             del self.tasks[r.task_id]
             link.in_flight.discard(r.task_id)
             if not r.endpoint_id:
@@ -257,8 +324,9 @@ class Dispatcher:
                          link.endpoint_id, now, r.runtime_s, r.task_id))
             fresh.append(r)
         link.endpoint.completed += len(fresh)
+        self.counters["results"] += len(fresh)
         if dup:
-            self.duplicates_dropped += len(dup)
+            self.counters["duplicates_dropped"] += len(dup)
             link.acks.extend(dup)
             link.wake.set()
         if not rows:
@@ -286,7 +354,7 @@ class Dispatcher:
             t = self.tasks.get(tid)
             if t is None or not can(t.state, Event.CANCEL):
                 continue
-            if t.state is TaskState.DISPATCHED and t.endpoint_id in self.links:
+            if Action.STOP_REMOTE in step(t.state, Event.CANCEL).actions and t.endpoint_id in self.links:
                 link = self.links[t.endpoint_id]
                 link.in_flight.discard(tid)
                 link.cancels.append(tid)
@@ -299,6 +367,7 @@ class Dispatcher:
             rows.append((int(TaskState.CANCELLED), None, err.SerializeToString(),
                          "TaskCancelled", None, now, 0.0, tid))
         if rows:
+            self.counters["cancelled"] += len(rows)
             done = self.store.finish_tasks(rows)
             done.add_done_callback(lambda f: f.exception() or self.sessions.publish(out))
         return out

@@ -89,6 +89,13 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
                 link.wake.set()
             if msg.results:
                 self.d.on_results(link, msg.results)
+            if msg.draining and not link.draining:
+                link.draining, link.credits = True, 0
+                moved = self.d.reroute_queue(link.endpoint_id)
+                log.info("endpoint %s is draining; %d queued tasks routed elsewhere",
+                         link.endpoint.name, moved)
+            if msg.returned:
+                self.d.hand_back(link, msg.returned)
             if msg.HasField("heartbeat"):
                 hb = msg.heartbeat
                 link.load, link.free_slots, link.remote_queued = hb.load, hb.free_slots, hb.queued

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,18 +36,26 @@ class HubConfig:
     max_payload: int = config.DEFAULT_MAX_PAYLOAD
     heartbeat_period: float = config.DEFAULT_HEARTBEAT_PERIOD_S
     heartbeat_misses: int = config.DEFAULT_HEARTBEAT_MISSES
+    retention_s: float = config.DEFAULT_RETENTION_S  # results kept after a client got them
+    max_age_s: float = config.DEFAULT_MAX_AGE_S  # results nobody collected
+    forget_after_s: float = config.DEFAULT_FORGET_AFTER_S  # "purged" tombstones
+
+    @property
+    def silent_after(self) -> float:
+        """A link quiet for this long is declared lost."""
+        return self.heartbeat_period * self.heartbeat_misses
 
 
 class Hub:
     def __init__(self, cfg: HubConfig | None = None) -> None:
         self.config = cfg or HubConfig()
         self.store = TaskStore(self.config.store_path)
-        self.sessions = Sessions()
+        self.sessions = Sessions(on_delivered=lambda ids: self.store.mark_collected(ids, time.time()))
         self.dispatcher = Dispatcher(self.store, self.sessions)
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._endpoint_api: EndpointApi | None = None
-        self._watchdog: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self._shutdown_started = False
 
@@ -75,7 +84,9 @@ class Hub:
         if not self.port:
             raise OSError(f"could not bind {cfg.host}:{cfg.port}")
         await self._server.start()
-        self._watchdog = asyncio.create_task(self._watch_links())
+        self._background = [asyncio.create_task(self._watch_links()),
+                            asyncio.create_task(self._reconcile_after_restart()),
+                            asyncio.create_task(self._purge_forever())]
         log.info("hub listening on %s (store %s)", self.address, cfg.store_path)
         return self
 
@@ -94,7 +105,7 @@ class Hub:
                 continue
             d.functions[fn.function_id] = fn
             t = LiveTask(r.task_id, r.function_id, r.args or b"", r.requested_endpoint,
-                         fn.python_version, "")
+                         fn.python_version, "", r.walltime_s, r.max_retries)
             # Routed tasks (dispatched ones included) wait for the endpoint they were
             # routed to: if it still holds one, it says so in its Hello and the task is
             # not sent twice.
@@ -107,11 +118,39 @@ class Hub:
         if live:
             log.info("reloaded %d unfinished tasks", len(live))
 
+    async def _reconcile_after_restart(self) -> None:
+        """Reloaded tasks wait for the endpoint they were routed to, which may still
+        hold them; one that has not reconnected within the heartbeat threshold is
+        treated as lost and its unpinned tasks are routed elsewhere."""
+        await asyncio.sleep(self.config.silent_after)
+        moved = self.dispatcher.reroute_offline()
+        if moved:
+            log.info("%d reloaded tasks re-routed: their endpoints did not come back", moved)
+
+    async def _purge_forever(self) -> None:
+        cfg = self.config
+        every = min(max(min(cfg.retention_s, cfg.max_age_s) / 4, 0.2), 300.0)
+        while True:
+            await asyncio.sleep(every)
+            now = time.time()
+            try:
+                purged, forgotten = await self.store.purge(
+                    now - cfg.retention_s, now - cfg.max_age_s, now - cfg.forget_after_s)
+            except Exception:  # noqa: BLE001 - try again next round; the hub stays up
+                log.exception("purging old results failed")
+                continue
+            self.dispatcher.counters["purged"] += purged
+            if purged or forgotten:
+                log.info("retention: %d results purged, %d tombstones forgotten",
+                         purged, forgotten)
+
     async def _watch_links(self) -> None:
         period = self.config.heartbeat_period
-        silent_after = period * self.config.heartbeat_misses
+        silent_after = self.config.silent_after
         while True:
-            await asyncio.sleep(period / 2)
+            # Checking four times per period keeps detection within
+            # silent_after + period/4 of the last message heard.
+            await asyncio.sleep(period / 4)
             for link in self.dispatcher.expire_links(silent_after):
                 log.warning("endpoint %s silent for %.1fs: dropping its link",
                             link.endpoint.name, silent_after)
@@ -126,8 +165,8 @@ class Hub:
             await self._stopped.wait()
             return
         self._shutdown_started = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        for job in self._background:
+            job.cancel()
         for session in list(self.sessions._sessions.values()):
             self.sessions.close(session)
         if self._server is not None:

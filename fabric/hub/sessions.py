@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from typing import Iterable
+from typing import Callable, Iterable
 
 from fabric._proto import fabric_pb2 as pb
 
@@ -46,9 +46,15 @@ class Session:
 
 
 class Sessions:
-    def __init__(self) -> None:
+    def __init__(self, on_delivered: Callable[[list[str]], None] | None = None) -> None:
         self._sessions: dict[str, Session] = {}
         self._interest: defaultdict[str, set[str]] = defaultdict(set)
+        # Told which final results reached a client: the retention clock starts there.
+        self._on_delivered = on_delivered
+
+    def delivered(self, task_ids: list[str]) -> None:
+        if task_ids and self._on_delivered is not None:
+            self._on_delivered(task_ids)
 
     def open(self, session_id: str) -> Session:
         # A client that reconnects reuses its id: the newest stream wins.
@@ -69,17 +75,23 @@ class Sessions:
 
     def publish(self, results: Iterable[pb.TaskResult]) -> None:
         interest, sessions = self._interest, self._sessions
+        pushed = []
         for r in results:
             for sid in interest.pop(r.task_id, ()):
                 session = sessions.get(sid)
                 if session is not None:
                     session.push(r)
+                    pushed.append(r.task_id)
+        self.delivered(pushed)
 
     def push_to(self, session_id: str, results: Iterable[pb.TaskResult]) -> None:
         session = self._sessions.get(session_id)
         if session is not None:
+            pushed = []
             for r in results:
                 session.push(r)
+                pushed.append(r.task_id)
+            self.delivered(pushed)
 
     @property
     def open_count(self) -> int:

@@ -20,13 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import sqlite_utils
-
+from fabric.hub import schema
 from fabric.states import TaskState
 
 Op = Callable[[sqlite3.Connection], Any]
-
-SCHEMA_VERSION = 1
 
 
 @dataclass(slots=True)
@@ -63,6 +60,8 @@ class TaskRow:
     completed_at: float | None
     runtime_s: float | None
     error_type: str | None
+    walltime_s: float = 0.0
+    max_retries: int | None = None
     args: bytes | None = None
     value: bytes | None = None
     error: bytes | None = None  # serialized TaskError message (protobuf bytes)
@@ -93,33 +92,7 @@ class TaskStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; no fsync per commit
         conn.execute("PRAGMA busy_timeout=5000")
-        db = sqlite_utils.Database(conn)
-        if "functions" not in db.table_names():
-            db["functions"].create(
-                {"function_id": str, "name": str, "body": bytes, "python_version": str,
-                 "owner": str, "created_at": float},
-                pk="function_id",
-            )
-        if "endpoints" not in db.table_names():
-            db["endpoints"].create(
-                {"endpoint_id": str, "name": str, "owner": str, "capabilities": str,
-                 "last_seen": float, "created_at": float},
-                pk="endpoint_id",
-            )
-            db["endpoints"].create_index(["owner", "name"], unique=True)
-        if "tasks" not in db.table_names():
-            db["tasks"].create(
-                {"task_id": str, "function_id": str, "state": int, "requested_endpoint": str,
-                 "endpoint_id": str, "session_id": str, "owner": str, "route_reason": str,
-                 "args": bytes, "value": bytes, "error": bytes, "error_type": str,
-                 "submitted_at": float, "dispatched_at": float, "completed_at": float,
-                 "runtime_s": float, "attempts": int},
-                pk="task_id",
-            )
-            db["tasks"].create_index(["state"])
-            db["tasks"].create_index(["endpoint_id", "state"])
-            db["tasks"].create_index(["submitted_at"])
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        schema.ensure(conn)
         self._conn = conn
 
     async def close(self) -> None:
@@ -271,7 +244,7 @@ class TaskStore:
     # ------------------------------------------------------------ tasks
     def insert_tasks(self, rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
         """Rows of (task_id, function_id, state, requested_endpoint, endpoint_id, session_id,
-        owner, route_reason, args, submitted_at). Ids already stored are left alone
+        owner, route_reason, args, submitted_at, walltime_s, max_retries). Ids already stored are left alone
         (idempotent resubmission); the future's result is the set of those ids."""
 
         def op(conn: sqlite3.Connection) -> set[str]:
@@ -286,8 +259,8 @@ class TaskStore:
                 )
             conn.executemany(
                 "INSERT OR IGNORE INTO tasks (task_id, function_id, state, requested_endpoint, "
-                "endpoint_id, session_id, owner, route_reason, args, submitted_at, attempts) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,0)",
+                "endpoint_id, session_id, owner, route_reason, args, submitted_at, walltime_s, "
+                "max_retries, attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0)",
                 rows,
             )
             return existing
@@ -337,6 +310,40 @@ class TaskStore:
                 "WHERE task_id=?",
                 rows,
             )
+
+        return self.write(op)  # type: ignore[return-value]
+
+    def mark_collected(self, task_ids: Sequence[str], when: float) -> None:
+        """A client received these final results: the retention clock starts."""
+        rows = [(when, tid) for tid in task_ids]
+        self.write(
+            lambda conn: conn.executemany(
+                "UPDATE tasks SET collected_at=? WHERE task_id=? AND collected_at IS NULL", rows
+            ),
+            wait=False,
+        )
+
+    def purge(self, collected_before: float, completed_before: float,
+              forget_before: float) -> asyncio.Future[Any]:
+        """Drop results collected before `collected_before` or finished (and never
+        collected) before `completed_before`: the rows stay as PURGED tombstones so
+        their status is still answerable. Tombstones purged before `forget_before`
+        are deleted. The future's result is (purged, forgotten)."""
+        final = ",".join(str(int(s)) for s in (TaskState.SUCCESS, TaskState.FAILED,
+                                                 TaskState.CANCELLED))
+
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            purged = conn.execute(
+                f"UPDATE tasks SET state={int(TaskState.PURGED)}, value=NULL, error=NULL, "
+                f"args=NULL, collected_at=COALESCE(collected_at, ?) WHERE state IN ({final}) "
+                "AND (collected_at < ? OR completed_at < ?)",
+                (time.time(), collected_before, completed_before),
+            ).rowcount
+            forgotten = conn.execute(
+                f"DELETE FROM tasks WHERE state={int(TaskState.PURGED)} AND collected_at < ?",
+                (forget_before,),
+            ).rowcount
+            return purged, forgotten
 
         return self.write(op)  # type: ignore[return-value]
 
@@ -401,17 +408,17 @@ class TaskStore:
 
 _SELECT_TASK = (
     "SELECT task_id, function_id, state, requested_endpoint, endpoint_id, session_id, owner, "
-    "route_reason, submitted_at, completed_at, runtime_s, error_type"
+    "route_reason, submitted_at, completed_at, runtime_s, error_type, walltime_s, max_retries"
 )
 
 
 def _task_row(r: Sequence[Any], with_payload: bool = False) -> TaskRow:
     row = TaskRow(
         r[0], r[1], TaskState(r[2]), r[3], r[4], r[5] or "", r[6] or "", r[7] or "",
-        r[8], r[9], r[10], r[11],
+        r[8], r[9], r[10], r[11], r[12] or 0.0, r[13],
     )
     if with_payload:
-        row.args, row.value, row.error = r[12], r[13], r[14]
+        row.args, row.value, row.error = r[14], r[15], r[16]
     return row
 
 

@@ -8,6 +8,7 @@ bytes inside the envelope; only `runtime.run_task` unpickles it.
 
     pool -> worker   ("functions", [(function_id, body), ...])
                      ("tasks", [(task_id, function_id, args), ...])
+                     ("cancel", [task_id, ...])          skip these if not yet started
                      ("stop",)
     worker -> pool   ("ready", pid)                      once, at start
                      ("results", [(task_id, ok, value, error_tuple | None, runtime_s), ...])
@@ -20,7 +21,9 @@ queue so the worker knows, between tasks, whether more work is waiting; a
 flusher thread sends results that have waited 5 ms even while a long task
 runs. With `--progress-fd` the worker counts started tasks in a shared 8-byte
 file, so after a crash the pool knows which task was running even though
-results batched here died with the worker.
+results batched here died with the worker. A cancelled task is skipped when
+its turn comes: it still counts as started and answers with a "cancelled"
+row, so the pool's count of results against starts stays exact.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ HEADER_BYTES = 8
 BATCH_WINDOW_S = 0.005
 #: Size of the shared "tasks started" counter (native unsigned 64-bit).
 PROGRESS_BYTES = 8
+#: The row a skipped (cancelled) task answers with; the pool drops it.
+_SKIPPED = (False, b"", ("TaskCancelled", "cancelled before it started", "", b"", "cancelled"), 0.0)
 
 
 # ------------------------------------------------------------------ framing
@@ -127,6 +132,7 @@ class _Worker:
         self.started = 0
         self.cache = FunctionCache()
         self.pending: deque[tuple[str, str, bytes]] = deque()
+        self.skip: set[str] = set()  # cancelled ids still in `pending`
         # SimpleQueue: the reader thread puts decoded frames (None at EOF);
         # empty() lets the main thread ask "is more waiting?" without blocking.
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -196,6 +202,10 @@ class _Worker:
         elif msg[0] == "functions":
             for function_id, body in msg[1]:
                 self.cache.add(function_id, body)
+        elif msg[0] == "cancel":
+            # Only ids still waiting: a task that already ran must not leave its id here forever.
+            waiting = {t[0] for t in self.pending}
+            self.skip.update(tid for tid in msg[1] if tid in waiting)
         else:
             print(f"fabric worker {os.getpid()}: ignoring unknown message {msg[0]!r}",
                   file=sys.stderr, flush=True)
@@ -219,12 +229,17 @@ class _Worker:
             self.started += 1
             if self.progress is not None:
                 self.progress[0] = self.started
-            r = run_task(task_id, function_id, args, cache=self.cache,
-                         max_result_bytes=self.max_result_bytes)
-            e = r.error
-            row = (r.task_id, r.ok, r.value, None if e is None else
-                   (e.type_name, e.message, e.traceback, e.exception, e.kind), r.runtime_s)
-            del r, args
+            if self.skip and task_id in self.skip:
+                self.skip.discard(task_id)
+                row = (task_id, *_SKIPPED)
+            else:
+                r = run_task(task_id, function_id, args, cache=self.cache,
+                             max_result_bytes=self.max_result_bytes)
+                e = r.error
+                row = (r.task_id, r.ok, r.value, None if e is None else
+                       (e.type_name, e.message, e.traceback, e.exception, e.kind), r.runtime_s)
+                del r
+            del args
             with lock:
                 if not self.out:
                     self.oldest_unsent = time.perf_counter()

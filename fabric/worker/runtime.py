@@ -23,11 +23,15 @@ from fabric.serialize import ErrorInfo, dumps_value, loads_args, loads_function
 
 @dataclass(slots=True)
 class WorkItem:
-    """A task as the pool hands it to a worker: only bytes, never unpickled outside a worker."""
+    """A task as the pool hands it to a worker: only bytes, never unpickled outside a worker.
+
+    `walltime_s` and `max_retries` are for the pool, never sent to the worker."""
 
     task_id: str
     function_id: str
     args: bytes
+    walltime_s: float = 0.0  # killed and failed after running this long; 0 = no limit
+    max_retries: int | None = None  # reruns after its worker dies; None = the pool's default
 
 
 @dataclass(slots=True)

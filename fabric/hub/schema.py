@@ -1,0 +1,61 @@
+"""The hub store's tables, and the migrations that bring an older file up to date.
+
+A hub restarted with a newer Fabric opens the store an older one wrote: each
+migration step is idempotent and runs inside the opening connection, keyed
+on SQLite's `user_version`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlite_utils
+
+SCHEMA_VERSION = 2
+
+
+def ensure(conn: sqlite3.Connection) -> None:
+    """Create missing tables and migrate old ones to SCHEMA_VERSION."""
+    db = sqlite_utils.Database(conn)
+    tables = set(db.table_names())
+    if "functions" not in tables:
+        db["functions"].create(
+            {"function_id": str, "name": str, "body": bytes, "python_version": str,
+             "owner": str, "created_at": float},
+            pk="function_id",
+        )
+    if "endpoints" not in tables:
+        db["endpoints"].create(
+            {"endpoint_id": str, "name": str, "owner": str, "capabilities": str,
+             "last_seen": float, "created_at": float},
+            pk="endpoint_id",
+        )
+        db["endpoints"].create_index(["owner", "name"], unique=True)
+    if "tasks" not in tables:
+        db["tasks"].create(
+            {"task_id": str, "function_id": str, "state": int, "requested_endpoint": str,
+             "endpoint_id": str, "session_id": str, "owner": str, "route_reason": str,
+             "args": bytes, "value": bytes, "error": bytes, "error_type": str,
+             "submitted_at": float, "dispatched_at": float, "completed_at": float,
+             "runtime_s": float, "attempts": int,
+             "walltime_s": float, "max_retries": int, "collected_at": float},
+            pk="task_id",
+        )
+        db["tasks"].create_index(["state"])
+        db["tasks"].create_index(["endpoint_id", "state"])
+        db["tasks"].create_index(["submitted_at"])
+        db["tasks"].create_index(["completed_at"])
+    else:
+        _migrate(conn, db)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _migrate(conn: sqlite3.Connection, db: sqlite_utils.Database) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < 2:  # per-task walltime and retries; retention needs collected_at
+        columns = set(db["tasks"].columns_dict)
+        for name, kind in (("walltime_s", "REAL"), ("max_retries", "INTEGER"),
+                           ("collected_at", "REAL")):
+            if name not in columns:
+                conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
+        conn.execute("CREATE INDEX IF NOT EXISTS idx_tasks_completed_at ON tasks (completed_at)")
