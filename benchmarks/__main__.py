@@ -7,18 +7,31 @@ import argparse
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    sub = parser.add_subparsers(dest="scenario", required=True)
+    sub = parser.add_subparsers(dest="bench", required=True)
     noop = sub.add_parser("noop", help="no-op throughput and round-trip latency vs peers")
     noop.add_argument("--workers", type=int, default=2)
     noop.add_argument("--tasks", type=int, default=20_000)
     noop.add_argument("--samples", type=int, default=500, help="sequential round trips")
     noop.add_argument("--peers", default="process-pool,fabric,dask,parsl",
                       help="comma-separated: process-pool, fabric, dask, parsl")
+    chaos = sub.add_parser("chaos", help="faults mid-run (kills, stalls): nothing lost, "
+                                          "nothing twice, time to requeue")
+    chaos.add_argument("--tasks", type=int, default=20_000, help="tasks per scenario")
+    chaos.add_argument("--workers", type=int, default=2, help="workers per endpoint")
+    chaos.add_argument("--task-ms", type=float, default=1.0,
+                       help="each task sleeps this long, so faults land mid-run")
+    chaos.add_argument("--scenario", default="endpoint-kill,hub-kill,stall,worker-kill",
+                       help="comma-separated: endpoint-kill, hub-kill, stall, worker-kill")
     args = parser.parse_args()
-    if args.scenario == "noop":
+    if args.bench == "noop":
         from benchmarks.noop import main as run
 
         run(args.workers, args.tasks, args.samples, tuple(args.peers.split(",")))
+    elif args.bench == "chaos":
+        from benchmarks.chaos import main as run_chaos
+
+        run_chaos(args.tasks, tuple(s.strip() for s in args.scenario.split(",") if s.strip()),
+                  args.workers, args.task_ms)
 
 
 if __name__ == "__main__":

@@ -198,3 +198,26 @@ def test_stopping_an_endpoint_that_is_not_running_is_a_clear_error(tmp_path):
                          env={**os.environ, "FABRIC_HOME": str(tmp_path)})
     assert out.returncode == 1
     assert "not running" in out.stderr
+
+
+def test_hub_sigterm_mid_run_leaves_a_sound_store_and_loses_nothing(tmp_path):
+    import sqlite3
+
+    log = str(tmp_path / "runs")
+    with LocalFabric(tmp_path / "f", ["worker-box"], workers=2, hub_args=FAST) as f:
+        with Client(f.address, retry_timeout=60) as c:
+            c.wait_for_endpoints(1, timeout=60)
+            fid = c.register_function(record)
+            tids = c.batch_run(fid, [((log, i, 0.05), {}) for i in range(200)])
+            wait_until(lambda: len(executions(log)) >= 10, 30, "work to start")
+            assert f.hub.stop(timeout=30) == 0  # SIGTERM: a clean stop, not a kill
+            check = sqlite3.connect(f.store)
+            try:
+                assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+                stored = check.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+            finally:
+                check.close()
+            assert stored == 200
+            f.restart_hub()
+            assert c.get_batch_result(tids, timeout=120) == list(range(200))
+    assert set(executions(log)) == set(range(200))  # every task ran (some may have run twice)

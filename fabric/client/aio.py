@@ -52,6 +52,9 @@ class AsyncClient:
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_ready: asyncio.Future[None] | None = None
         self._watched: set[str] = set()  # ids whose results this session's stream will carry
+        # Ids whose Submit is not acknowledged yet. A hub that restarted may not know
+        # them until the retried Submit lands: "unknown task" for these is not final.
+        self._submitting: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[pb.TaskResult]]] = {}
         self._results: OrderedDict[str, pb.TaskResult] = OrderedDict()  # recent, uncollected
         self.listener: ResultListener | None = None  # Executor's hook; True = consumed
@@ -167,11 +170,14 @@ class AsyncClient:
         watching = self._watch_ready is not None
         req = pb.SubmitRequest(tasks=[i[0] for i in items], policy=policy,
                                session_id=self.session_id if watching else "")
+        ids = [i[0].task_id for i in items]
         if watching:
-            self._watched.update(i[0].task_id for i in items)
+            self._watched.update(ids)
+        self._submitting.update(ids)
         try:
             await self._call("Submit", req)
         except errors.FabricError as exc:
+            self._submitting.difference_update(ids)
             failed = [i[0].task_id for i in items]
             self._watched.difference_update(failed)
             for i in items:
@@ -180,6 +186,7 @@ class AsyncClient:
             if self.on_submit_failed is not None:
                 self.on_submit_failed(failed, exc)
             return
+        self._submitting.difference_update(ids)
         for i in items:
             if i[2] is not None and not i[2].done():
                 i[2].set_result(None)
@@ -288,6 +295,8 @@ class AsyncClient:
         tid = r.task_id
         if tid not in self._watched:
             return  # a duplicate after a reconnect: the first result already went out
+        if tid in self._submitting and r.state == pb.TASK_STATE_UNSPECIFIED:
+            return  # "unknown task" from a restarted hub that has not seen the retry yet
         self._watched.discard(tid)
         if self.listener is not None and self.listener(r):
             return

@@ -7,6 +7,8 @@ import os
 import signal
 import time
 
+import psutil
+
 from fabric.endpoint.agent import Endpoint, EndpointConfig
 from fabric.endpoint.outbox import StateDir
 from fabric.errors import FabricError
@@ -59,18 +61,11 @@ def stop_endpoint(name: str, timeout: float = 60.0, state_dir: str | None = None
 
 
 def _alive(pid: int) -> bool:
+    # An exited process its parent has not reaped yet (a zombie) has stopped too.
     try:
-        # A zombie child of ours counts as gone.
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 __all__ = ["Endpoint", "EndpointConfig", "run_endpoint", "stop_endpoint"]
