@@ -103,15 +103,13 @@ class Deliveries:
     def __init__(self, client: Any) -> None:
         self.results: dict[str, set[tuple[Any, ...]]] = {}
         self.pushes = 0
-        deliver = client.aio._deliver
 
         def counting(r: Any) -> None:
             self.pushes += 1
             self.results.setdefault(r.task_id, set()).add(
                 (r.state, r.value, r.endpoint_id, r.runtime_s))
-            deliver(r)
 
-        client.aio._deliver = counting
+        client.aio.result_observer = counting
 
     @property
     def distinct(self) -> int:

@@ -117,25 +117,25 @@ class Ledger:
 
 
 class Deliveries:
-    """What the client's result stream hands over, per task id.
+    """What the client accepts as each task's outcome (its `result_observer` hook).
 
-    The hub may push the same stored result twice (a Subscribe racing a commit;
-    the client keeps the first), so `pushes` may exceed one. Two *different*
-    results for one task (another execution's value, runtime or endpoint) is
-    what must never happen: `conflicting()`."""
+    The hub may push a stored result twice (a Subscribe racing a commit) and a
+    restarted hub may say "unknown task" for a submission still being retried;
+    the client must drop both. A task asked for again (a second get_result) is
+    accepted again, with the same result; two *different* results for one task
+    (another execution's value, runtime or endpoint) is what must never happen:
+    `conflicting()`."""
 
     def __init__(self, client: Client) -> None:
         self.pushes: Counter[str] = Counter()
         self.results: dict[str, set[tuple[Any, ...]]] = {}
-        deliver = client.aio._deliver
 
         def counting(r: Any) -> None:
             self.pushes[r.task_id] += 1
             self.results.setdefault(r.task_id, set()).add(
                 (r.state, r.value, r.endpoint_id, r.runtime_s))
-            deliver(r)
 
-        client.aio._deliver = counting  # type: ignore[method-assign]
+        client.aio.result_observer = counting
 
     def conflicting(self, tids: Any) -> list[str]:
         return [tid for tid in tids if len(self.results.get(tid, ())) > 1]
@@ -452,11 +452,9 @@ DRIVER = textwrap.dedent('''
 
     c = Client(sys.argv[1], retry_timeout=120)
     seen = {}  # task id -> the distinct results the client was handed
-    deliver = c.aio._deliver
     def counting(r):
         seen.setdefault(r.task_id, set()).add((r.state, r.value, r.endpoint_id, r.runtime_s))
-        deliver(r)
-    c.aio._deliver = counting
+    c.aio.result_observer = counting
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)

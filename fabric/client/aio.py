@@ -59,6 +59,9 @@ class AsyncClient:
         self._results: OrderedDict[str, pb.TaskResult] = OrderedDict()  # recent, uncollected
         self.listener: ResultListener | None = None  # Executor's hook; True = consumed
         self.on_submit_failed: Callable[[list[str], BaseException], None] | None = None
+        # Sees every result the client accepts as a task's outcome (once per task,
+        # after duplicates are dropped): for audits, tests and the chaos benchmark.
+        self.result_observer: Callable[[pb.TaskResult], None] | None = None
         # Submission coalescing.
         self._outbox: list[tuple[pb.TaskSubmission, str, asyncio.Future[None] | None]] = []
         self._flushing = False
@@ -298,6 +301,8 @@ class AsyncClient:
         if tid in self._submitting and r.state == pb.TASK_STATE_UNSPECIFIED:
             return  # "unknown task" from a restarted hub that has not seen the retry yet
         self._watched.discard(tid)
+        if self.result_observer is not None:
+            self.result_observer(r)
         if self.listener is not None and self.listener(r):
             return
         waiters = self._waiters.pop(tid, None)
