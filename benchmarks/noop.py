@@ -8,6 +8,8 @@ with the hub and the endpoint as real processes on loopback.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -17,7 +19,7 @@ from benchmarks.common import machine, noop, percentiles, save
 Runner = Callable[[], None]
 
 
-def measure_executor(ex: cf.Executor, tasks: int, samples: int, warmup: int = 200) -> dict[str, Any]:
+def measure_executor(ex: Any, tasks: int, samples: int, warmup: int = 200) -> dict[str, Any]:
     """Throughput of `tasks` no-ops submitted at once, then `samples` sequential round trips."""
     for f in [ex.submit(noop) for _ in range(warmup)]:
         f.result(timeout=120)
@@ -83,15 +85,31 @@ def run_parsl(workers: int, tasks: int, samples: int) -> dict[str, Any] | None:
     except ImportError:
         print("  parsl: not installed (pip install 'fabric-fx[peers]'); skipped")
         return None
+    # Parsl starts its interchange and workers as scripts from the venv's bin/,
+    # which is not on PATH when the venv's python is run without activating it.
+    bindir = os.path.dirname(sys.executable)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     with tempfile.TemporaryDirectory(prefix="parsl-bench-") as tmp:
         htex = HighThroughputExecutor(label="htex", max_workers_per_node=workers,
                                       provider=LocalProvider(init_blocks=1, max_blocks=1))
         dfk = parsl.load(Config(executors=[htex], run_dir=tmp))
         try:
-            return measure_executor(htex, tasks, samples)
+            return measure_executor(_ParslApps(parsl.python_app(noop, executors=["htex"])),
+                                    tasks, samples)
         finally:
             dfk.cleanup()
             parsl.clear()
+
+
+class _ParslApps:
+    """Submits through a Parsl app, as Parsl users do (DataFlowKernel included)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future[Any]:
+        return self.app(*args)
 
 
 def plot(results: dict[str, Any], path: str) -> None:

@@ -44,8 +44,10 @@ PUBLIC = {
     "fabric.hub": ["Hub", "HubConfig", "run_hub"],
     "fabric.endpoint": ["Endpoint", "EndpointConfig", "run_endpoint", "stop_endpoint"],
     "fabric.worker": ["state"],
-    "scheduler": ["DEFAULT_POLICY", "POLICIES", "Decision", "EndpointView", "Hold", "LeastLoaded",
-                  "Policy", "RoundRobin", "TaskView", "eligible", "make_policy", "route"],
+    "scheduler": ["DEFAULT_POLICY", "POLICIES", "Cheapest", "Decision", "EndpointView", "Estimate",
+                  "Eta", "Explicit", "Fastest", "Hold", "LeastLoaded", "Policy", "RoundRobin",
+                  "RuntimeModel", "SmallestEta", "Tally", "TaskView", "eligible", "make_policy",
+                  "route", "route_batch"],
 }
 
 

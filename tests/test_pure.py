@@ -1,81 +1,17 @@
-"""Tier 1: pure logic, no sockets: scheduler, task states, error mapping, codecs."""
+"""Tier 1: pure logic, no sockets: task states, error mapping, codecs."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-import scheduler
 from fabric import errors
 from fabric.models import Capabilities, EndpointInfo, TaskInfo
 from fabric.serialize import ErrorInfo, dumps_args, function_id, loads_args
 from fabric.states import FINAL, Action, Event, IllegalTransition, TaskState, can, next_state, step
 from fabric.wire import ERROR_KEY, from_rpc_error, to_status
 
-# ---------------------------------------------------------------- scheduler
-
-views = st.builds(
-    scheduler.EndpointView,
-    endpoint_id=st.text("abcdef", min_size=1, max_size=4),
-    name=st.just("x"),
-    online=st.booleans(),
-    python_version=st.sampled_from(["3.10", "3.11", "3.12"]),
-    workers=st.integers(1, 64),
-    credits=st.integers(0, 100),
-    queued=st.integers(0, 100),
-    in_flight=st.integers(0, 100),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(views, max_size=8, unique_by=lambda v: v.endpoint_id),
-       st.sampled_from(sorted(scheduler.POLICIES)), st.integers(1, 30))
-def test_policies_only_choose_online_endpoints_with_the_same_python(eps, name, n):
-    policy = scheduler.make_policy(name)
-    task = scheduler.TaskView("fn", "3.11")
-    ok = {e.endpoint_id for e in eps if e.online and e.python_version == "3.11"}
-    for _ in range(n):
-        d = scheduler.route(task, eps, policy)
-        if ok:
-            assert isinstance(d, scheduler.Decision) and d.endpoint_id in ok
-        else:
-            assert isinstance(d, scheduler.Hold) and d.reason
-
-
-def test_round_robin_spreads_evenly_and_is_deterministic():
-    eps = [scheduler.EndpointView(f"e{i}", f"e{i}", True, "3.11") for i in range(3)]
-    picks = [scheduler.route(scheduler.TaskView("f", "3.11"), eps, scheduler.RoundRobin()).endpoint_id
-             for _ in range(1)]
-    rr = scheduler.RoundRobin()
-    picks = [rr.choose(scheduler.TaskView("f", "3.11"), eps).endpoint_id for _ in range(9)]
-    assert picks == ["e0", "e1", "e2"] * 3
-    rr2 = scheduler.RoundRobin()
-    assert picks == [rr2.choose(scheduler.TaskView("f", "3.11"), eps[::-1]).endpoint_id for _ in range(9)]
-
-
-def test_named_endpoint_wins_even_when_offline():
-    eps = [scheduler.EndpointView("a", "a", False, "3.11")]
-    d = scheduler.route(scheduler.TaskView("f", "3.11", endpoint_id="a"), eps, scheduler.RoundRobin())
-    assert d == scheduler.Decision("a", "named by the user")
-
-
-def test_hold_reason_names_the_python_version():
-    eps = [scheduler.EndpointView("a", "a", True, "3.12")]
-    d = scheduler.route(scheduler.TaskView("f", "3.11"), eps, scheduler.RoundRobin())
-    assert isinstance(d, scheduler.Hold) and "3.11" in d.reason
-
-
-def test_least_loaded_prefers_the_emptiest_per_worker():
-    eps = [scheduler.EndpointView("a", "a", True, "3.11", workers=1, in_flight=3),
-           scheduler.EndpointView("b", "b", True, "3.11", workers=8, in_flight=8)]
-    assert scheduler.LeastLoaded().choose(scheduler.TaskView("f", "3.11"), eps).endpoint_id == "b"
-
-
-def test_unknown_policy_is_a_clear_error():
-    with pytest.raises(ValueError, match="round-robin"):
-        scheduler.make_policy("fastest-ever")
+# The scheduler's tests live in tests/test_scheduler.py.
 
 
 # ---------------------------------------------------------------- task states

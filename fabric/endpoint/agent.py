@@ -51,7 +51,7 @@ class EndpointConfig:
     state_dir: str | None = None  # default: $FABRIC_HOME/endpoints/NAME
     drain_timeout_s: float = 30.0
     reconnect_min_s: float = 0.05
-    reconnect_max_s: float = 5.0
+    reconnect_max_s: float = 2.0  # jittered, so a thousand endpoints do not return in step
 
 
 class Endpoint:
