@@ -22,11 +22,20 @@ def main() -> None:
                        help="each task sleeps this long, so faults land mid-run")
     chaos.add_argument("--scenario", default="endpoint-kill,hub-kill,stall,worker-kill",
                        help="comma-separated: endpoint-kill, hub-kill, stall, worker-kill")
+    policies = sub.add_parser("policies", help="routing policies in the simulator (makespan / "
+                                               "lower bound) and decision time per task")
+    from benchmarks.policies import add_arguments
+
+    add_arguments(policies)
     args = parser.parse_args()
     if args.bench == "noop":
         from benchmarks.noop import main as run
 
         run(args.workers, args.tasks, args.samples, tuple(args.peers.split(",")))
+    elif args.bench == "policies":
+        from benchmarks.policies import run as run_policies
+
+        raise SystemExit(run_policies(args))
     elif args.bench == "chaos":
         from benchmarks.chaos import main as run_chaos
 

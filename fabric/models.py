@@ -30,9 +30,12 @@ class Capabilities:
     python_version: str
     hostname: str
     workers: int
+    relative_speed: float = 1.0
+    cost_per_core_hour: float = 0.0
 
     @classmethod
-    def detect(cls, workers: int, gpu_names: tuple[str, ...] = ()) -> "Capabilities":
+    def detect(cls, workers: int, gpu_names: tuple[str, ...] = (), relative_speed: float = 1.0,
+               cost_per_core_hour: float = 0.0) -> "Capabilities":
         return cls(
             cores=os.cpu_count() or 1,
             memory_bytes=psutil.virtual_memory().total,
@@ -42,19 +45,23 @@ class Capabilities:
             python_version=PYTHON_VERSION,
             hostname=socket.gethostname(),
             workers=workers,
+            relative_speed=relative_speed,
+            cost_per_core_hour=cost_per_core_hour,
         )
 
     def to_proto(self) -> pb.Capabilities:
         return pb.Capabilities(
             cores=self.cores, memory_bytes=self.memory_bytes, gpus=self.gpus,
             gpu_names=list(self.gpu_names), os=self.os, python_version=self.python_version,
-            hostname=self.hostname, workers=self.workers,
+            hostname=self.hostname, workers=self.workers, relative_speed=self.relative_speed,
+            cost_per_core_hour=self.cost_per_core_hour,
         )
 
     @classmethod
     def from_proto(cls, m: pb.Capabilities) -> "Capabilities":
         return cls(m.cores, m.memory_bytes, m.gpus, tuple(m.gpu_names), m.os,
-                   m.python_version, m.hostname, m.workers)
+                   m.python_version, m.hostname, m.workers, m.relative_speed or 1.0,
+                   m.cost_per_core_hour)
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]

@@ -100,20 +100,28 @@ class RegisterFunctionReply(_message.Message):
     def __init__(self, function_id: _Optional[str] = ...) -> None: ...
 
 class TaskSubmission(_message.Message):
-    __slots__ = ("task_id", "function_id", "args", "endpoint", "walltime_s", "max_retries")
+    __slots__ = ("task_id", "function_id", "args", "endpoint", "walltime_s", "max_retries", "gpus", "memory_bytes", "allowed_endpoints", "deadline_s")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     WALLTIME_S_FIELD_NUMBER: _ClassVar[int]
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     function_id: str
     args: bytes
     endpoint: str
     walltime_s: float
     max_retries: int
-    def __init__(self, task_id: _Optional[str] = ..., function_id: _Optional[str] = ..., args: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., walltime_s: _Optional[float] = ..., max_retries: _Optional[int] = ...) -> None: ...
+    gpus: int
+    memory_bytes: int
+    allowed_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    deadline_s: float
+    def __init__(self, task_id: _Optional[str] = ..., function_id: _Optional[str] = ..., args: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., walltime_s: _Optional[float] = ..., max_retries: _Optional[int] = ..., gpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., allowed_endpoints: _Optional[_Iterable[str]] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("tasks", "session_id", "policy", "fail_if_offline")
@@ -184,7 +192,7 @@ class CancelReply(_message.Message):
     def __init__(self, cancelled: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("cores", "memory_bytes", "gpus", "gpu_names", "os", "python_version", "hostname", "workers")
+    __slots__ = ("cores", "memory_bytes", "gpus", "gpu_names", "os", "python_version", "hostname", "workers", "relative_speed", "cost_per_core_hour")
     CORES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +201,8 @@ class Capabilities(_message.Message):
     PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_SPEED_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_CORE_HOUR_FIELD_NUMBER: _ClassVar[int]
     cores: int
     memory_bytes: int
     gpus: int
@@ -201,7 +211,9 @@ class Capabilities(_message.Message):
     python_version: str
     hostname: str
     workers: int
-    def __init__(self, cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., gpu_names: _Optional[_Iterable[str]] = ..., os: _Optional[str] = ..., python_version: _Optional[str] = ..., hostname: _Optional[str] = ..., workers: _Optional[int] = ...) -> None: ...
+    relative_speed: float
+    cost_per_core_hour: float
+    def __init__(self, cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., gpu_names: _Optional[_Iterable[str]] = ..., os: _Optional[str] = ..., python_version: _Optional[str] = ..., hostname: _Optional[str] = ..., workers: _Optional[int] = ..., relative_speed: _Optional[float] = ..., cost_per_core_hour: _Optional[float] = ...) -> None: ...
 
 class EndpointStatus(_message.Message):
     __slots__ = ("endpoint_id", "name", "online", "capabilities", "free_slots", "queued_at_hub", "in_flight", "load", "last_seen", "completed")

@@ -82,10 +82,16 @@ def endpoint() -> None:
               help="on SIGTERM / `fabric endpoint stop`: seconds to let running tasks finish")
 @click.option("--state-dir", default=None,
               help="outbox and pid file  [default: ~/.fabric/endpoints/NAME]")
+@click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="relative speed, for routing until runtimes here are measured")
+@click.option("--cost", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="cost of a core-hour here (any currency), for the cheapest policy")
+@click.option("--slowdown", default=1.0, show_default=True, type=click.FloatRange(min=1),
+              help="testing: every task takes this many times as long (a slower machine)")
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def endpoint_start(name: str, hub: str, workers: int, prefetch: int, max_retries: int,
                    heartbeat_misses: int, drain_timeout: float, state_dir: str | None,
-                   verbose: int) -> None:
+                   speed: float, cost: float, slowdown: float, verbose: int) -> None:
     """Start endpoint NAME in the foreground; it dials out to the hub and reconnects.
 
     SIGTERM (or `fabric endpoint stop NAME`) drains it: no new tasks, unstarted
@@ -97,7 +103,8 @@ def endpoint_start(name: str, hub: str, workers: int, prefetch: int, max_retries
         raise click.BadParameter("must be at least 1", param_hint="--workers")
     _exit_on_error(run_endpoint, EndpointConfig(
         name=name, hub=hub, workers=workers, prefetch=prefetch, max_retries=max_retries,
-        heartbeat_misses=heartbeat_misses, drain_timeout_s=drain_timeout, state_dir=state_dir))
+        heartbeat_misses=heartbeat_misses, drain_timeout_s=drain_timeout, state_dir=state_dir,
+        relative_speed=speed, cost_per_core_hour=cost, slowdown=slowdown))
 
 
 @endpoint.command("stop")

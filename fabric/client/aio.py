@@ -139,20 +139,26 @@ class AsyncClient:
     # ------------------------------------------------------------ submission
     def new_submission(self, function_id: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                        endpoint_id: str | None = None, walltime: float = 0.0,
-                       max_retries: int | None = None) -> pb.TaskSubmission:
+                       max_retries: int | None = None, *, endpoints: Sequence[str] = (),
+                       gpus: int = 0, memory: int = 0,
+                       deadline: float | None = None) -> pb.TaskSubmission:
+        """One call, ready to submit. `endpoints` limits where the policy may send it,
+        `gpus`/`memory` (bytes) are what it needs there, `deadline` (seconds) is for
+        the cheapest policy: the cheapest endpoint predicted to finish it in time."""
         sub = pb.TaskSubmission(task_id=uuid.uuid4().hex, function_id=function_id,
                                 args=dumps_args(args, kwargs), endpoint=endpoint_id or "",
-                                walltime_s=walltime)
+                                walltime_s=walltime, gpus=gpus, memory_bytes=memory,
+                                allowed_endpoints=list(endpoints), deadline_s=deadline or 0.0)
         if max_retries is not None:
             sub.max_retries = max_retries
         return sub
 
     def enqueue(self, subs: Sequence[pb.TaskSubmission], policy: str = "",
-                ack: asyncio.Future[None] | None = None) -> None:
+                ack: asyncio.Future[None] | None = None, fail_fast: bool = False) -> None:
         """Queue submissions for the next Submit call (loop thread only)."""
-        policy = policy or self.policy
+        key = (policy or self.policy, fail_fast)  # submissions are grouped per Submit call by this
         for i, s in enumerate(subs):
-            self._outbox.append((s, policy, ack if i == len(subs) - 1 else None))
+            self._outbox.append((s, key, ack if i == len(subs) - 1 else None))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
@@ -161,17 +167,18 @@ class AsyncClient:
         try:
             while self._outbox:
                 batch, self._outbox = self._outbox[:SUBMIT_BATCH], self._outbox[SUBMIT_BATCH:]
-                by_policy: dict[str, list[Any]] = {}
+                by_key: dict[tuple[str, bool], list[Any]] = {}
                 for item in batch:
-                    by_policy.setdefault(item[1], []).append(item)
-                for policy, items in by_policy.items():
-                    await self._submit_now(policy, items)
+                    by_key.setdefault(item[1], []).append(item)
+                for key, items in by_key.items():
+                    await self._submit_now(key, items)
         finally:
             self._flushing = False
 
-    async def _submit_now(self, policy: str, items: list[Any]) -> None:
+    async def _submit_now(self, key: tuple[str, bool], items: list[Any]) -> None:
+        policy, fail_fast = key
         watching = self._watch_ready is not None
-        req = pb.SubmitRequest(tasks=[i[0] for i in items], policy=policy,
+        req = pb.SubmitRequest(tasks=[i[0] for i in items], policy=policy, fail_if_offline=fail_fast,
                                session_id=self.session_id if watching else "")
         ids = [i[0].task_id for i in items]
         if watching:
@@ -198,30 +205,40 @@ class AsyncClient:
         while self._outbox or self._flushing:
             await asyncio.sleep(0.001)
 
-    async def submit(self, subs: Sequence[pb.TaskSubmission], policy: str = "") -> list[str]:
-        """Submit and wait for the hub's commit; returns the task ids."""
+    async def submit(self, subs: Sequence[pb.TaskSubmission], policy: str = "",
+                     fail_fast: bool = False) -> list[str]:
+        """Submit and wait for the hub's commit; returns the task ids. `fail_fast`:
+        refuse the batch (NoEligibleEndpoint, EndpointOffline) rather than hold tasks
+        no online endpoint can run now."""
         if not subs:
             return []
         ack = asyncio.get_running_loop().create_future()
-        self.enqueue(subs, policy, ack)
+        self.enqueue(subs, policy, ack, fail_fast)
         await ack
         return [s.task_id for s in subs]
 
     async def run(self, *args: Any, function_id: str, endpoint_id: str | None = None,
                   policy: str = "", walltime: float = 0.0, max_retries: int | None = None,
-                  **kwargs: Any) -> str:
-        """Submit one call of a registered function; returns its task id once stored."""
-        sub = self.new_submission(function_id, args, kwargs, endpoint_id, walltime, max_retries)
-        (tid,) = await self.submit([sub], policy)
+                  endpoints: Sequence[str] = (), gpus: int = 0, memory: int = 0,
+                  deadline: float | None = None, fail_fast: bool = False, **kwargs: Any) -> str:
+        """Submit one call of a registered function; returns its task id once stored.
+        The keyword names above are Fabric's; pass a function's own keywords of the
+        same names through `batch_run`."""
+        sub = self.new_submission(function_id, args, kwargs, endpoint_id, walltime, max_retries,
+                                  endpoints=endpoints, gpus=gpus, memory=memory, deadline=deadline)
+        (tid,) = await self.submit([sub], policy, fail_fast)
         return tid
 
     async def batch_run(self, function_id: str, calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
                         endpoint_id: str | None = None, policy: str = "", walltime: float = 0.0,
-                        max_retries: int | None = None) -> list[str]:
+                        max_retries: int | None = None, *, endpoints: Sequence[str] = (),
+                        gpus: int = 0, memory: int = 0, deadline: float | None = None,
+                        fail_fast: bool = False) -> list[str]:
         """Submit many calls, each an (args, kwargs) pair; returns task ids in order."""
         subs = [self.new_submission(function_id, tuple(a), dict(k), endpoint_id, walltime,
-                                    max_retries) for a, k in calls]
-        return await self.submit(subs, policy)
+                                    max_retries, endpoints=endpoints, gpus=gpus, memory=memory,
+                                    deadline=deadline) for a, k in calls]
+        return await self.submit(subs, policy, fail_fast)
 
     async def cancel(self, task_ids: Sequence[str]) -> list[str]:
         """Cancel tasks that have not finished; returns those that were cancelled."""

@@ -12,7 +12,7 @@ import concurrent.futures as cf
 import itertools
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from fabric import config
 from fabric._proto import fabric_pb2 as pb
@@ -31,7 +31,8 @@ class _Chunk:
 
 
 class Executor(cf.Executor):
-    """Run callables on an endpoint (`endpoint_id`) or wherever `policy` routes them.
+    """Run callables on an endpoint (`endpoint_id`) or wherever `policy` routes them
+    among `endpoints` (default: all), e.g. `Executor(policy="smallest-eta", endpoints=[a, b])`.
 
     >>> with Executor(endpoint_id="laptop", client=Client(addr)) as ex:
     ...     print(list(ex.map(pow, range(10), [2] * 10)))
@@ -39,12 +40,17 @@ class Executor(cf.Executor):
 
     def __init__(self, endpoint_id: str | None = None, client: Client | None = None, *,
                  address: str = config.DEFAULT_HUB_ADDRESS, policy: str = "",
-                 walltime: float = 0.0, max_retries: int | None = None) -> None:
+                 endpoints: Sequence[str] = (), gpus: int = 0, memory: int = 0,
+                 deadline: float | None = None, walltime: float = 0.0,
+                 max_retries: int | None = None) -> None:
         self._owns_client = client is None
         self.client = client or Client(address)
         self.endpoint_id = endpoint_id
         self.policy = policy
-        self.walltime = walltime  # applies to every call submitted through this executor
+        # These apply to every call submitted through this executor (see Client.run).
+        self.placement = {"endpoints": tuple(endpoints), "gpus": gpus, "memory": memory,
+                          "deadline": deadline}
+        self.walltime = walltime
         self.max_retries = max_retries
         self._lock = threading.Lock()
         self._futures: dict[str, cf.Future[Any]] = {}
@@ -68,7 +74,7 @@ class Executor(cf.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
         fid = self.client.register_function(fn)  # cached after the first call
         sub = self.client.aio.new_submission(fid, args, kwargs, self.endpoint_id, self.walltime,
-                                             self.max_retries)
+                                             self.max_retries, **self.placement)
         fut: cf.Future[Any] = cf.Future()
         fut.task_id = sub.task_id  # type: ignore[attr-defined]
         with self._lock:

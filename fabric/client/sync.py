@@ -75,20 +75,31 @@ class Client:
 
     def run(self, *args: Any, function_id: str, endpoint_id: str | None = None,
             policy: str = "", walltime: float = 0.0, max_retries: int | None = None,
-            **kwargs: Any) -> str:
-        """Submit one call; returns its task id once the hub has stored it. `walltime`
-        (seconds) kills and fails it if it runs longer; `max_retries` is how often it
-        is rerun after its worker dies (default: the endpoint's setting)."""
+            endpoints: Sequence[str] = (), gpus: int = 0, memory: int = 0,
+            deadline: float | None = None, fail_fast: bool = False, **kwargs: Any) -> str:
+        """Submit one call; returns its task id once the hub has stored it.
+
+        endpoint_id: run exactly there; else `policy` ("round-robin", "least-loaded",
+        "fastest", "cheapest", "smallest-eta") picks among `endpoints` (default: all)
+        those with `gpus` GPUs and `memory` bytes; `deadline` (s) is for "cheapest".
+        `fail_fast`: raise NoEligibleEndpoint / EndpointOffline instead of holding a task
+        that no online endpoint can run now. `walltime` (s) kills and fails it if it runs longer; `max_retries` is how
+        often it is rerun after its worker dies (default: the endpoint's setting)."""
         return self._call(self.aio.run(*args, function_id=function_id, endpoint_id=endpoint_id,
                                        policy=policy, walltime=walltime, max_retries=max_retries,
-                                       **kwargs))
+                                       endpoints=endpoints, gpus=gpus, memory=memory,
+                                       deadline=deadline, fail_fast=fail_fast, **kwargs))
 
     def batch_run(self, function_id: str, calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
                   endpoint_id: str | None = None, policy: str = "", walltime: float = 0.0,
-                  max_retries: int | None = None) -> list[str]:
+                  max_retries: int | None = None, *, endpoints: Sequence[str] = (),
+                  gpus: int = 0, memory: int = 0, deadline: float | None = None,
+                  fail_fast: bool = False) -> list[str]:
         calls = list(calls)
         return self._call(self.aio.batch_run(function_id, calls, endpoint_id, policy,
-                                             walltime, max_retries))
+                                             walltime, max_retries, endpoints=endpoints,
+                                             gpus=gpus, memory=memory, deadline=deadline,
+                                             fail_fast=fail_fast))
 
     def get_result(self, task_id: str, timeout: float | None = None) -> Any:
         return self._call(self.aio.get_result(task_id, timeout))

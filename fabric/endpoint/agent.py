@@ -50,6 +50,9 @@ class EndpointConfig:
     max_retries: int = config.DEFAULT_MAX_RETRIES  # per task, unless the task says otherwise
     state_dir: str | None = None  # default: $FABRIC_HOME/endpoints/NAME
     drain_timeout_s: float = 30.0
+    relative_speed: float = 1.0  # declared to the scheduler until it has measured this endpoint
+    cost_per_core_hour: float = 0.0
+    slowdown: float = 1.0  # benchmarks/tests: make every task take this many times as long
     reconnect_min_s: float = 0.05
     reconnect_max_s: float = 2.0  # jittered, so a thousand endpoints do not return in step
 
@@ -59,8 +62,9 @@ class Endpoint:
         self.config = cfg
         self.endpoint_id: str | None = None
         self.connected = asyncio.Event()
+        env = {**os.environ, "FABRIC_SLOWDOWN": str(cfg.slowdown)} if cfg.slowdown != 1.0 else None
         self.pool = WorkerPool(cfg.workers, self._on_results, max_result_bytes=cfg.max_result_bytes,
-                               max_retries=cfg.max_retries)
+                               max_retries=cfg.max_retries, env=env)
         self.state = StateDir(cfg.name, cfg.state_dir)
         self.outbox: Outbox | None = None
         self.held: dict[str, WorkItem] = {}  # received, no result yet
@@ -181,7 +185,8 @@ class Endpoint:
             call = pb_grpc.EndpointServiceStub(channel).Connect()
             # Finished-but-unacknowledged tasks count as held too: the hub must not
             # send them again before their replayed results arrive.
-            hello = pb.Hello(name=cfg.name, capabilities=detect(cfg.workers).to_proto(),
+            caps = detect(cfg.workers, cfg.relative_speed, cfg.cost_per_core_hour)
+            hello = pb.Hello(name=cfg.name, capabilities=caps.to_proto(),
                              held_task_ids=[*self.held, *self.unacked],
                              fabric_version=__version__)
             self._granted = 0

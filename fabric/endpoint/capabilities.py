@@ -34,8 +34,8 @@ def detect_gpus() -> tuple[str, ...]:
     return tuple(names)
 
 
-def detect(workers: int) -> Capabilities:
-    return Capabilities.detect(workers, detect_gpus())
+def detect(workers: int, relative_speed: float = 1.0, cost_per_core_hour: float = 0.0) -> Capabilities:
+    return Capabilities.detect(workers, detect_gpus(), relative_speed, cost_per_core_hour)
 
 
 def load_per_core() -> float:

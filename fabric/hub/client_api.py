@@ -8,6 +8,7 @@ status via `fabric.wire.to_status` (see `_rpc`).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from typing import Any, Awaitable, Callable
@@ -17,7 +18,7 @@ import grpc
 from fabric import errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
-from fabric.hub.dispatch import Dispatcher, LiveTask
+from fabric.hub.dispatch import NO_NEEDS, Dispatcher, LiveTask, Needs
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import FunctionRow, TaskStore
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
@@ -147,26 +148,47 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 requested = resolved[t.endpoint]
             live.append(LiveTask(t.task_id, fn.function_id, t.args, requested,
                                  fn.python_version, policy, t.walltime_s,
-                                 t.max_retries if t.HasField("max_retries") else None))
+                                 t.max_retries if t.HasField("max_retries") else None,
+                                 self._needs(t, resolved)))
         if request.fail_if_offline and not self.d.links and any(t.requested is None for t in live):
             raise errors.NoEligibleEndpoint("no endpoint is online")
         # Resubmitting an id that is already live is a no-op (idempotent retries).
         live = [t for t in live if t.task_id not in self.d.tasks]
-        self.d.route(live)
-        if request.fail_if_offline and any(t.endpoint_id is None for t in live):
-            raise errors.NoEligibleEndpoint(next(t.reason for t in live if t.endpoint_id is None))
-        now = time.time()
-        rows = [(t.task_id, t.function_id, int(TaskState.QUEUED), t.requested, t.endpoint_id,
-                 request.session_id, owner, t.reason, t.args, now, t.walltime_s, t.max_retries)
-                for t in live]
-        existing = await self.store.insert_tasks(rows)  # acknowledged only once committed
+        live = self.d.route(live)
+        try:
+            reason = self.d.fail_fast_reason(live) if request.fail_if_offline else None
+            if reason is not None:
+                raise errors.NoEligibleEndpoint(reason)
+            now = time.time()
+            rows = [(t.task_id, t.function_id, int(TaskState.QUEUED), t.requested, t.endpoint_id,
+                     request.session_id, owner, t.reason, t.args, now, t.walltime_s,
+                     t.max_retries, json.dumps(t.needs.to_dict()) if t.needs != NO_NEEDS else None)
+                    for t in live]
+            existing = await self.store.insert_tasks(rows)  # acknowledged only once committed
+        except BaseException:
+            self.d.unroute(live)  # nothing was stored: nothing may stay counted
+            raise
         if request.session_id:
             self.sessions.watch(request.session_id, (t.task_id for t in request.tasks))
+        self.d.unroute(t for t in live if t.task_id in existing)
         self.d.enqueue(t for t in live if t.task_id not in existing)
         if existing:
             # Already stored (and perhaps finished): push what we know to the watcher.
             await self._push_known(request.session_id, list(existing))
         return pb.SubmitReply(task_ids=[t.task_id for t in request.tasks])
+
+    def _needs(self, t: pb.TaskSubmission, resolved: dict[str, str]) -> Needs:
+        if t.gpus < 0 or t.memory_bytes < 0 or not 0 <= t.deadline_s < float("inf"):
+            raise errors.InvalidRequest(f"task {t.task_id}: gpus, memory_bytes and deadline_s "
+                                        "must be positive (or 0 for none)")
+        if not (t.gpus or t.memory_bytes or t.allowed_endpoints or t.deadline_s):
+            return NO_NEEDS
+        allowed = []
+        for ref in t.allowed_endpoints:
+            if ref not in resolved:
+                resolved[ref] = self.resolve_endpoint(ref)  # EndpointNotFound names it
+            allowed.append(resolved[ref])
+        return Needs(t.gpus, t.memory_bytes, tuple(dict.fromkeys(allowed)), t.deadline_s or None)
 
     def _check_endpoint(self, ref: str, fn: FunctionRow, fail_if_offline: bool) -> str:
         eid = self.resolve_endpoint(ref)

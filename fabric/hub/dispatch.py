@@ -31,11 +31,12 @@ class LiveTask:
     """A task the hub still has to finish. Arguments stay opaque bytes."""
 
     __slots__ = ("task_id", "function_id", "args", "requested", "endpoint_id", "state",
-                 "python_version", "policy", "reason", "walltime_s", "max_retries")
+                 "python_version", "policy", "reason", "walltime_s", "max_retries", "needs",
+                 "charged_to", "slot_s")
 
     def __init__(self, task_id: str, function_id: str, args: bytes, requested: str | None,
                  python_version: str, policy: str, walltime_s: float = 0.0,
-                 max_retries: int | None = None) -> None:
+                 max_retries: int | None = None, needs: Needs | None = None) -> None:
         self.task_id = task_id
         self.function_id = function_id
         self.args = args
@@ -47,6 +48,40 @@ class LiveTask:
         self.reason = ""
         self.walltime_s = walltime_s
         self.max_retries = max_retries
+        self.needs = needs or NO_NEEDS
+        # The predicted slot time this task adds to one endpoint's backlog, and which.
+        self.charged_to: str | None = None
+        self.slot_s = 0.0
+
+    def view(self) -> scheduler.TaskView:
+        n = self.needs
+        return scheduler.TaskView(self.function_id, self.python_version, self.requested,
+                                  len(self.args), n.gpus, n.memory_bytes,
+                                  n.allowed_endpoints or None, n.deadline_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What a task asks of the endpoint it runs on (stored with it; routing honours it)."""
+
+    gpus: int = 0
+    memory_bytes: int = 0
+    allowed_endpoints: tuple[str, ...] = ()  # endpoint ids; () = any
+    deadline_s: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"gpus": self.gpus, "memory_bytes": self.memory_bytes,
+                "allowed_endpoints": list(self.allowed_endpoints), "deadline_s": self.deadline_s}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object] | None) -> "Needs":
+        if not d:
+            return NO_NEEDS
+        return cls(int(d.get("gpus") or 0), int(d.get("memory_bytes") or 0),  # type: ignore[arg-type]
+                   tuple(d.get("allowed_endpoints") or ()), d.get("deadline_s"))  # type: ignore[arg-type]
+
+
+NO_NEEDS = Needs()
 
 
 @dataclass
@@ -93,6 +128,9 @@ class Dispatcher:
         self.endpoints: dict[str, EndpointRecord] = {}
         self.functions: dict[str, FunctionRow] = {}
         self._policies: dict[str, scheduler.Policy] = {}
+        # Learned from every result: runtimes per (function, endpoint), for the policies.
+        self.model = scheduler.RuntimeModel()
+        self.backlog_s: dict[str, float] = {}  # endpoint id -> predicted slot-seconds routed there
         # Monotonic counts for `fabric status` and the chaos benchmark.
         self.counters: dict[str, int] = dict.fromkeys(
             ("results", "duplicates_dropped", "links_lost", "requeued", "handed_back",
@@ -120,22 +158,54 @@ class Dispatcher:
                 queued=len(self.queues.get(rec.endpoint_id, ())),
                 in_flight=len(link.in_flight) if link else 0,
                 gpus=caps.gpus if caps else 0,
+                memory_bytes=caps.memory_bytes if caps else 0,
+                free_slots=link.free_slots if link else 0,
+                backlog_s=max(0.0, self.backlog_s.get(rec.endpoint_id, 0.0)),
+                relative_speed=caps.relative_speed if caps else 1.0,
+                cost_per_core_hour=caps.cost_per_core_hour if caps else 0.0,
             ))
         return out
 
-    def route(self, tasks: Sequence[LiveTask], views: list[scheduler.EndpointView] | None = None) -> None:
-        """Set `endpoint_id` and `reason` on each task (None when it must be held)."""
-        views = self.views() if views is None else views
+    def route(self, tasks: Sequence[LiveTask]) -> list[LiveTask]:
+        """Route tasks against one snapshot: sets `endpoint_id` (None: hold it) and
+        `reason` on each. Returns them in the order to queue them (a policy may
+        rank tasks, e.g. longest first, and its ETAs assume that order)."""
+        if not tasks:
+            return []
+        tally = scheduler.Tally(self.views(), self.model)
+        groups: dict[str, list[LiveTask]] = {}
         for t in tasks:
-            decision = scheduler.route(
-                scheduler.TaskView(t.function_id, t.python_version, t.requested, len(t.args)),
-                views,
-                self.policy(t.policy),
-            )
-            if isinstance(decision, scheduler.Decision):
-                t.endpoint_id, t.reason = decision.endpoint_id, decision.reason
-            else:
-                t.endpoint_id, t.reason = None, decision.reason
+            groups.setdefault(t.policy, []).append(t)
+        ordered: list[LiveTask] = []
+        for name, group in groups.items():
+            decisions = scheduler.route_batch([t.view() for t in group], None, self.policy(name),
+                                              tally=tally)
+            for t, decision in zip(group, decisions):
+                self._release(t)
+                if isinstance(decision, scheduler.Decision):
+                    t.endpoint_id, t.reason = decision.endpoint_id, decision.reason
+                    t.slot_s = decision.slot_s or 0.0
+                    t.charged_to = t.endpoint_id
+                    self.backlog_s[t.endpoint_id] = self.backlog_s.get(t.endpoint_id, 0.0) + t.slot_s
+                else:
+                    t.endpoint_id, t.reason = None, decision.reason
+            ordered.extend(group[k] for k in tally.order)
+        return ordered
+
+    def _release(self, t: LiveTask) -> None:
+        """The task no longer adds to its endpoint's backlog (finished, cancelled, moved)."""
+        if t.charged_to is not None:
+            self.backlog_s[t.charged_to] = self.backlog_s.get(t.charged_to, 0.0) - t.slot_s
+            t.charged_to = None
+
+    def unroute(self, tasks: Iterable[LiveTask]) -> None:
+        """Routed but never queued (the submission was refused): drop their charges."""
+        for t in tasks:
+            self._release(t)
+
+    def fail_fast_reason(self, tasks: Sequence[LiveTask]) -> str | None:
+        """Why some task could not run anywhere now, for a caller that asked to fail fast."""
+        return next((t.reason for t in tasks if t.endpoint_id is None), None)
 
     def enqueue(self, tasks: Iterable[LiveTask], front: bool = False) -> None:
         """Make routed tasks available to their link (or hold them) and wake links."""
@@ -159,8 +229,7 @@ class Dispatcher:
             return
         pending = [self.tasks[tid] for tid in self.held if tid in self.tasks]
         self.held.clear()
-        pending = [t for t in pending if t.state is TaskState.QUEUED]
-        self.route(pending)
+        pending = self.route([t for t in pending if t.state is TaskState.QUEUED])
         moved = [(t.endpoint_id, t.reason, t.task_id) for t in pending if t.endpoint_id]
         if moved:
             self.store.set_routes(moved)
@@ -219,10 +288,10 @@ class Dispatcher:
                 tasks.append(t)
         if not tasks:
             return 0
-        free = [t for t in tasks if not t.requested]
-        self.route(free)
+        pinned = [t for t in tasks if t.requested]
+        free = self.route([t for t in tasks if not t.requested])
         self.store.mark_queued([t.task_id for t in tasks])
-        self.enqueue(tasks, front=True)
+        self.enqueue(pinned + free, front=True)
         self.counters["requeued"] += len(tasks)
         return len(tasks)
 
@@ -237,7 +306,7 @@ class Dispatcher:
                    and t.endpoint_id == endpoint_id]
         if not movable:
             return 0
-        self.route(movable)
+        movable = self.route(movable)
         moved = [t for t in movable if t.endpoint_id != endpoint_id]
         if moved:
             self.store.set_routes([(t.endpoint_id, t.reason, t.task_id) for t in moved
@@ -316,6 +385,9 @@ class Dispatcher:
                 other.cancels.append(t.task_id)
                 other.wake.set()
             del self.tasks[r.task_id]
+            self._release(t)
+            if r.state == pb.SUCCESS:
+                self.model.observe(t.function_id, link.endpoint_id, r.runtime_s, len(t.args))
             link.in_flight.discard(r.task_id)
             if not r.endpoint_id:
                 r.endpoint_id = link.endpoint_id
@@ -360,6 +432,7 @@ class Dispatcher:
                 link.cancels.append(tid)
                 link.wake.set()
             del self.tasks[tid]
+            self._release(t)
             err = pb.TaskError(type_name="TaskCancelled", message="cancelled by the user",
                                kind="cancelled")
             out.append(pb.TaskResult(task_id=tid, state=pb.CANCELLED, error=err,

@@ -11,7 +11,7 @@ import sqlite3
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def ensure(conn: sqlite3.Connection) -> None:
@@ -38,7 +38,7 @@ def ensure(conn: sqlite3.Connection) -> None:
              "args": bytes, "value": bytes, "error": bytes, "error_type": str,
              "submitted_at": float, "dispatched_at": float, "completed_at": float,
              "runtime_s": float, "attempts": int,
-             "walltime_s": float, "max_retries": int, "collected_at": float},
+             "walltime_s": float, "max_retries": int, "collected_at": float, "needs": str},
             pk="task_id",
         )
         db["tasks"].create_index(["state"])
@@ -59,3 +59,6 @@ def _migrate(conn: sqlite3.Connection, db: sqlite_utils.Database) -> None:
             if name not in columns:
                 conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
         conn.execute("CREATE INDEX IF NOT EXISTS idx_tasks_completed_at ON tasks (completed_at)")
+    if version < 3:  # what a task needs of its endpoint (JSON), so a restart keeps honouring it
+        if "needs" not in set(db["tasks"].columns_dict):
+            conn.execute("ALTER TABLE tasks ADD COLUMN needs TEXT")

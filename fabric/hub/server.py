@@ -19,7 +19,7 @@ import grpc
 from fabric import __version__, config
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.hub.client_api import ClientApi
-from fabric.hub.dispatch import Dispatcher, EndpointRecord, LiveTask
+from fabric.hub.dispatch import Dispatcher, EndpointRecord, LiveTask, Needs
 from fabric.hub.endpoint_api import EndpointApi
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import TaskStore
@@ -105,16 +105,16 @@ class Hub:
                 continue
             d.functions[fn.function_id] = fn
             t = LiveTask(r.task_id, r.function_id, r.args or b"", r.requested_endpoint,
-                         fn.python_version, "", r.walltime_s, r.max_retries)
+                         fn.python_version, "", r.walltime_s, r.max_retries,
+                         Needs.from_dict(r.needs))
             # Routed tasks (dispatched ones included) wait for the endpoint they were
             # routed to: if it still holds one, it says so in its Hello and the task is
             # not sent twice.
             t.endpoint_id, t.reason = r.endpoint_id, r.route_reason
             live.append(t)
         routed = [t for t in live if t.endpoint_id]
-        d.route([t for t in live if not t.endpoint_id])
         d.enqueue(routed)
-        d.enqueue(t for t in live if t not in routed)
+        d.enqueue(d.route([t for t in live if not t.endpoint_id]))
         if live:
             log.info("reloaded %d unfinished tasks", len(live))
 

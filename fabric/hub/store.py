@@ -62,6 +62,7 @@ class TaskRow:
     error_type: str | None
     walltime_s: float = 0.0
     max_retries: int | None = None
+    needs: dict[str, Any] | None = None
     args: bytes | None = None
     value: bytes | None = None
     error: bytes | None = None  # serialized TaskError message (protobuf bytes)
@@ -244,7 +245,7 @@ class TaskStore:
     # ------------------------------------------------------------ tasks
     def insert_tasks(self, rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
         """Rows of (task_id, function_id, state, requested_endpoint, endpoint_id, session_id,
-        owner, route_reason, args, submitted_at, walltime_s, max_retries). Ids already stored are left alone
+        owner, route_reason, args, submitted_at, walltime_s, max_retries, needs_json). Ids already stored are left alone
         (idempotent resubmission); the future's result is the set of those ids."""
 
         def op(conn: sqlite3.Connection) -> set[str]:
@@ -260,7 +261,7 @@ class TaskStore:
             conn.executemany(
                 "INSERT OR IGNORE INTO tasks (task_id, function_id, state, requested_endpoint, "
                 "endpoint_id, session_id, owner, route_reason, args, submitted_at, walltime_s, "
-                "max_retries, attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0)",
+                "max_retries, needs, attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
                 rows,
             )
             return existing
@@ -408,17 +409,17 @@ class TaskStore:
 
 _SELECT_TASK = (
     "SELECT task_id, function_id, state, requested_endpoint, endpoint_id, session_id, owner, "
-    "route_reason, submitted_at, completed_at, runtime_s, error_type, walltime_s, max_retries"
+    "route_reason, submitted_at, completed_at, runtime_s, error_type, walltime_s, max_retries, needs"
 )
 
 
 def _task_row(r: Sequence[Any], with_payload: bool = False) -> TaskRow:
     row = TaskRow(
         r[0], r[1], TaskState(r[2]), r[3], r[4], r[5] or "", r[6] or "", r[7] or "",
-        r[8], r[9], r[10], r[11], r[12] or 0.0, r[13],
+        r[8], r[9], r[10], r[11], r[12] or 0.0, r[13], json.loads(r[14]) if r[14] else None,
     )
     if with_payload:
-        row.args, row.value, row.error = r[14], r[15], r[16]
+        row.args, row.value, row.error = r[15], r[16], r[17]
     return row
 
 

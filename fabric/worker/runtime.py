@@ -13,6 +13,7 @@ No I/O here: bytes in, a `WorkResult` out, every failure captured as an
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -111,6 +112,10 @@ def state() -> dict[str, Any]:
 
 _default_cache = FunctionCache()
 
+#: For benchmarks and scheduling tests (`fabric endpoint start --slowdown F`): one
+#: machine standing in for endpoints of different speeds.
+SLOWDOWN = float(os.environ.get("FABRIC_SLOWDOWN", "1") or 1)
+
 
 def run_task(task_id: str, function_id: str, args: bytes, *,
              cache: FunctionCache | None = None,
@@ -143,6 +148,8 @@ def run_task(task_id: str, function_id: str, args: bytes, *,
         result = _failed(task_id, exc, "user")
         result.runtime_s = runtime
         return result
+    if SLOWDOWN > 1.0:  # emulate a slower machine: every task takes SLOWDOWN times as long
+        time.sleep((time.perf_counter() - start) * (SLOWDOWN - 1.0))
     runtime = time.perf_counter() - start
     _current_function = None
 
