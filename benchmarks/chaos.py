@@ -389,7 +389,6 @@ def worker_kill(run: Run, log: Callable[[str], None], kills: int = 6) -> None:
         if not workers:
             continue
         victim = random.choice(workers)
-        since = time.monotonic()
         try:
             victim.kill()
         except psutil.NoSuchProcess:

@@ -13,108 +13,19 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import scheduler
 from fabric import config
 from fabric._proto import fabric_pb2 as pb
+from fabric.hub.live import NO_NEEDS, EndpointRecord, LiveTask, Link, Needs
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import FunctionRow, TaskStore
-from fabric.models import Capabilities
 from fabric.states import Action, Event, TaskState, can, step
 
+__all__ = ["Dispatcher", "EndpointRecord", "LiveTask", "Link", "Needs", "NO_NEEDS"]
+
 log = logging.getLogger("fabric.hub")
-
-
-class LiveTask:
-    """A task the hub still has to finish. Arguments stay opaque bytes."""
-
-    __slots__ = ("task_id", "function_id", "args", "requested", "endpoint_id", "state",
-                 "python_version", "policy", "reason", "walltime_s", "max_retries", "needs",
-                 "charged_to", "slot_s")
-
-    def __init__(self, task_id: str, function_id: str, args: bytes, requested: str | None,
-                 python_version: str, policy: str, walltime_s: float = 0.0,
-                 max_retries: int | None = None, needs: Needs | None = None) -> None:
-        self.task_id = task_id
-        self.function_id = function_id
-        self.args = args
-        self.requested = requested  # endpoint the user named, if any
-        self.endpoint_id: str | None = None  # where it is routed / running
-        self.state = TaskState.QUEUED
-        self.python_version = python_version
-        self.policy = policy
-        self.reason = ""
-        self.walltime_s = walltime_s
-        self.max_retries = max_retries
-        self.needs = needs or NO_NEEDS
-        # The predicted slot time this task adds to one endpoint's backlog, and which.
-        self.charged_to: str | None = None
-        self.slot_s = 0.0
-
-    def view(self) -> scheduler.TaskView:
-        n = self.needs
-        return scheduler.TaskView(self.function_id, self.python_version, self.requested,
-                                  len(self.args), n.gpus, n.memory_bytes,
-                                  n.allowed_endpoints or None, n.deadline_s)
-
-
-@dataclass(frozen=True, slots=True)
-class Needs:
-    """What a task asks of the endpoint it runs on (stored with it; routing honours it)."""
-
-    gpus: int = 0
-    memory_bytes: int = 0
-    allowed_endpoints: tuple[str, ...] = ()  # endpoint ids; () = any
-    deadline_s: float | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        return {"gpus": self.gpus, "memory_bytes": self.memory_bytes,
-                "allowed_endpoints": list(self.allowed_endpoints), "deadline_s": self.deadline_s}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object] | None) -> "Needs":
-        if not d:
-            return NO_NEEDS
-        return cls(int(d.get("gpus") or 0), int(d.get("memory_bytes") or 0),  # type: ignore[arg-type]
-                   tuple(d.get("allowed_endpoints") or ()), d.get("deadline_s"))  # type: ignore[arg-type]
-
-
-NO_NEEDS = Needs()
-
-
-@dataclass
-class EndpointRecord:
-    endpoint_id: str
-    name: str
-    owner: str
-    capabilities: Capabilities | None
-    last_seen: float = 0.0
-    completed: int = 0
-
-
-@dataclass(eq=False)
-class Link:
-    """One connected endpoint stream, as the dispatcher sees it."""
-
-    endpoint: EndpointRecord
-    credits: int = 0
-    in_flight: set[str] = field(default_factory=set)
-    sent_functions: set[str] = field(default_factory=set)
-    acks: list[str] = field(default_factory=list)
-    cancels: list[str] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    last_heard: float = field(default_factory=time.monotonic)
-    load: float = 0.0
-    free_slots: int = 0
-    remote_queued: int = 0
-    draining: bool = False  # the endpoint is stopping: send it nothing new
-    closed: bool = False
-
-    @property
-    def endpoint_id(self) -> str:
-        return self.endpoint.endpoint_id
 
 
 class Dispatcher:
@@ -131,6 +42,9 @@ class Dispatcher:
         # Learned from every result: runtimes per (function, endpoint), for the policies.
         self.model = scheduler.RuntimeModel()
         self.backlog_s: dict[str, float] = {}  # endpoint id -> predicted slot-seconds routed there
+        # True right after a restart, until endpoints had time to reconnect and claim
+        # what they hold: until then no queued task is moved between endpoints.
+        self.settling = False
         # Monotonic counts for `fabric status` and the chaos benchmark.
         self.counters: dict[str, int] = dict.fromkeys(
             ("results", "duplicates_dropped", "links_lost", "requeued", "handed_back",
@@ -258,6 +172,8 @@ class Dispatcher:
             claimed.append(tid)
         if claimed:
             self.store.mark_dispatched(claimed, link.endpoint_id, time.time())
+        if not self.settling:
+            self.rebalance()
         self.route_held()
         link.wake.set()
 
@@ -312,6 +228,27 @@ class Dispatcher:
             self.store.set_routes([(t.endpoint_id, t.reason, t.task_id) for t in moved
                                    if t.endpoint_id])
             self.enqueue(moved)  # the old queue's entries are now stale and skipped
+        return len(moved)
+
+    def rebalance(self) -> int:
+        """Route unsent, unpinned tasks again (an endpoint joined: it may be the better
+        place for work queued elsewhere). Returns how many moved."""
+        waiting: dict[str, LiveTask] = {}
+        for eid, q in self.queues.items():
+            for tid in q:
+                t = self.tasks.get(tid)
+                if t is not None and t.state is TaskState.QUEUED and not t.requested \
+                        and t.endpoint_id == eid:
+                    waiting[tid] = t
+        if not waiting:
+            return 0
+        before = {tid: t.endpoint_id for tid, t in waiting.items()}
+        moved = [t for t in self.route(list(waiting.values()))
+                 if t.endpoint_id != before[t.task_id]]
+        if moved:
+            self.store.set_routes([(t.endpoint_id, t.reason, t.task_id) for t in moved
+                                   if t.endpoint_id])
+            self.enqueue(moved)  # their old queue entries are stale now and skipped
         return len(moved)
 
     def reroute_offline(self) -> int:

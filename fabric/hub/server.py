@@ -98,6 +98,7 @@ class Hub:
             d.endpoints[row.endpoint_id] = EndpointRecord(row.endpoint_id, row.name, row.owner,
                                                           caps, row.last_seen)
         rows = await self.store.unfinished_tasks()
+        d.settling = bool(rows)
         live = []
         for r in rows:
             fn = d.functions.get(r.function_id) or await self.store.get_function(r.function_id)
@@ -123,6 +124,7 @@ class Hub:
         hold them; one that has not reconnected within the heartbeat threshold is
         treated as lost and its unpinned tasks are routed elsewhere."""
         await asyncio.sleep(self.config.silent_after)
+        self.dispatcher.settling = False
         moved = self.dispatcher.reroute_offline()
         if moved:
             log.info("%d reloaded tasks re-routed: their endpoints did not come back", moved)

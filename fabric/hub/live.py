@@ -1,0 +1,105 @@
+"""The hub's live records: tasks not yet final, known endpoints, connected links.
+
+Plain data the dispatcher (dispatch.py) works on; they hold no logic beyond
+converting a task to the view the scheduler reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import scheduler
+from fabric.models import Capabilities
+from fabric.states import TaskState
+
+
+class LiveTask:
+    """A task the hub still has to finish. Arguments stay opaque bytes."""
+
+    __slots__ = ("task_id", "function_id", "args", "requested", "endpoint_id", "state",
+                 "python_version", "policy", "reason", "walltime_s", "max_retries", "needs",
+                 "charged_to", "slot_s")
+
+    def __init__(self, task_id: str, function_id: str, args: bytes, requested: str | None,
+                 python_version: str, policy: str, walltime_s: float = 0.0,
+                 max_retries: int | None = None, needs: Needs | None = None) -> None:
+        self.task_id = task_id
+        self.function_id = function_id
+        self.args = args
+        self.requested = requested  # endpoint the user named, if any
+        self.endpoint_id: str | None = None  # where it is routed / running
+        self.state = TaskState.QUEUED
+        self.python_version = python_version
+        self.policy = policy
+        self.reason = ""
+        self.walltime_s = walltime_s
+        self.max_retries = max_retries
+        self.needs = needs or NO_NEEDS
+        # The predicted slot time this task adds to one endpoint's backlog, and which.
+        self.charged_to: str | None = None
+        self.slot_s = 0.0
+
+    def view(self) -> scheduler.TaskView:
+        n = self.needs
+        return scheduler.TaskView(self.function_id, self.python_version, self.requested,
+                                  len(self.args), n.gpus, n.memory_bytes,
+                                  n.allowed_endpoints or None, n.deadline_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What a task asks of the endpoint it runs on (stored with it; routing honours it)."""
+
+    gpus: int = 0
+    memory_bytes: int = 0
+    allowed_endpoints: tuple[str, ...] = ()  # endpoint ids; () = any
+    deadline_s: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"gpus": self.gpus, "memory_bytes": self.memory_bytes,
+                "allowed_endpoints": list(self.allowed_endpoints), "deadline_s": self.deadline_s}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object] | None) -> "Needs":
+        if not d:
+            return NO_NEEDS
+        return cls(int(d.get("gpus") or 0), int(d.get("memory_bytes") or 0),  # type: ignore[arg-type]
+                   tuple(d.get("allowed_endpoints") or ()), d.get("deadline_s"))  # type: ignore[arg-type]
+
+
+NO_NEEDS = Needs()
+
+
+@dataclass
+class EndpointRecord:
+    endpoint_id: str
+    name: str
+    owner: str
+    capabilities: Capabilities | None
+    last_seen: float = 0.0
+    completed: int = 0
+
+
+@dataclass(eq=False)
+class Link:
+    """One connected endpoint stream, as the dispatcher sees it."""
+
+    endpoint: EndpointRecord
+    credits: int = 0
+    in_flight: set[str] = field(default_factory=set)
+    sent_functions: set[str] = field(default_factory=set)
+    acks: list[str] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    last_heard: float = field(default_factory=time.monotonic)
+    load: float = 0.0
+    free_slots: int = 0
+    remote_queued: int = 0
+    draining: bool = False  # the endpoint is stopping: send it nothing new
+    closed: bool = False
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.endpoint.endpoint_id
