@@ -83,6 +83,7 @@ class EndpointInfo:
     load: float
     last_seen: float
     completed: int
+    latency_s: float = 0.0
 
     def to_proto(self) -> pb.EndpointStatus:
         return pb.EndpointStatus(
@@ -90,14 +91,14 @@ class EndpointInfo:
             capabilities=self.capabilities.to_proto() if self.capabilities else None,
             free_slots=self.free_slots, queued_at_hub=self.queued_at_hub,
             in_flight=self.in_flight, load=self.load, last_seen=self.last_seen,
-            completed=self.completed,
+            completed=self.completed, latency_s=self.latency_s,
         )
 
     @classmethod
     def from_proto(cls, m: pb.EndpointStatus) -> "EndpointInfo":
         caps = Capabilities.from_proto(m.capabilities) if m.HasField("capabilities") else None
         return cls(m.endpoint_id, m.name, m.online, caps, m.free_slots, m.queued_at_hub,
-                   m.in_flight, m.load, m.last_seen, m.completed)
+                   m.in_flight, m.load, m.last_seen, m.completed, m.latency_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,3 +122,14 @@ def test_cheapest_under_a_deadline(client):
     assert client.get_result(tid, timeout=30) == 0
     reason = {t.task_id: t for t in client.tasks(limit=10)}[tid].route_reason
     assert "cheapest" in reason, reason
+
+
+def test_the_hub_measures_each_link_from_heartbeat_round_trips(tmp_path):
+    with LocalFabric(tmp_path, ["near"], workers=1, hub_args=("--heartbeat", "0.1")) as f:
+        with Client(f.address) as c:
+            c.wait_for_endpoints(1, timeout=60)
+            deadline = time.monotonic() + 30
+            while not c.endpoints()[0].latency_s:
+                assert time.monotonic() < deadline, "no latency measured"
+                time.sleep(0.05)
+            assert 0 < c.endpoints()[0].latency_s < 1.0  # loopback

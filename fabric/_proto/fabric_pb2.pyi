@@ -216,7 +216,7 @@ class Capabilities(_message.Message):
     def __init__(self, cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., gpu_names: _Optional[_Iterable[str]] = ..., os: _Optional[str] = ..., python_version: _Optional[str] = ..., hostname: _Optional[str] = ..., workers: _Optional[int] = ..., relative_speed: _Optional[float] = ..., cost_per_core_hour: _Optional[float] = ...) -> None: ...
 
 class EndpointStatus(_message.Message):
-    __slots__ = ("endpoint_id", "name", "online", "capabilities", "free_slots", "queued_at_hub", "in_flight", "load", "last_seen", "completed")
+    __slots__ = ("endpoint_id", "name", "online", "capabilities", "free_slots", "queued_at_hub", "in_flight", "load", "last_seen", "completed", "latency_s")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +227,7 @@ class EndpointStatus(_message.Message):
     LOAD_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_S_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     name: str
     online: bool
@@ -237,7 +238,8 @@ class EndpointStatus(_message.Message):
     load: float
     last_seen: float
     completed: int
-    def __init__(self, endpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., free_slots: _Optional[int] = ..., queued_at_hub: _Optional[int] = ..., in_flight: _Optional[int] = ..., load: _Optional[float] = ..., last_seen: _Optional[float] = ..., completed: _Optional[int] = ...) -> None: ...
+    latency_s: float
+    def __init__(self, endpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., free_slots: _Optional[int] = ..., queued_at_hub: _Optional[int] = ..., in_flight: _Optional[int] = ..., load: _Optional[float] = ..., last_seen: _Optional[float] = ..., completed: _Optional[int] = ..., latency_s: _Optional[float] = ...) -> None: ...
 
 class ListEndpointsRequest(_message.Message):
     __slots__ = ()
@@ -342,16 +344,18 @@ class Hello(_message.Message):
     def __init__(self, name: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., held_task_ids: _Optional[_Iterable[str]] = ..., fabric_version: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("load", "free_slots", "queued", "sent_at")
+    __slots__ = ("load", "free_slots", "queued", "sent_at", "echo")
     LOAD_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    ECHO_FIELD_NUMBER: _ClassVar[int]
     load: float
     free_slots: int
     queued: int
     sent_at: float
-    def __init__(self, load: _Optional[float] = ..., free_slots: _Optional[int] = ..., queued: _Optional[int] = ..., sent_at: _Optional[float] = ...) -> None: ...
+    echo: float
+    def __init__(self, load: _Optional[float] = ..., free_slots: _Optional[int] = ..., queued: _Optional[int] = ..., sent_at: _Optional[float] = ..., echo: _Optional[float] = ...) -> None: ...
 
 class EndpointMessage(_message.Message):
     __slots__ = ("hello", "credits", "results", "heartbeat", "draining", "returned")

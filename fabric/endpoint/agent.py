@@ -73,6 +73,7 @@ class Endpoint:
         self._returned: list[str] = []  # unstarted tasks handed back while draining
         self._to_send: list[pb.TaskResult] = []
         self._last_heard = time.monotonic()
+        self._echo = 0.0  # a hub heartbeat to answer at once, so the hub can time the link
         self._granted = 0  # credits granted on the current stream, tasks not yet received
         self._wake = asyncio.Event()
         self._stopping = False
@@ -215,6 +216,9 @@ class Endpoint:
                 writer.cancel()
                 call.cancel()
                 self.connected.clear()
+                # Collect both loops' endings (a write racing the cancel raises), so
+                # none is reported as "exception never retrieved".
+                await asyncio.gather(reader, writer, return_exceptions=True)
 
     async def _read_loop(self, call: Any) -> None:
         while True:
@@ -238,6 +242,9 @@ class Endpoint:
                     self.unacked.pop(tid, None)
                 if self.outbox is not None:
                     self.outbox.ack(msg.acks)
+            if msg.HasField("heartbeat") and msg.heartbeat.sent_at:
+                self._echo = msg.heartbeat.sent_at
+                self._wake.set()
             if msg.cancel:
                 for tid in self.pool.cancel(msg.cancel):
                     self.held.pop(tid, None)
@@ -271,10 +278,11 @@ class Endpoint:
                 msg.credits = want
                 self._granted += want
             now = time.monotonic()
-            if now - last_beat >= period:
+            if now - last_beat >= period or self._echo:
                 msg.heartbeat.CopyFrom(pb.Heartbeat(
                     load=load_per_core(), free_slots=self.pool.free_slots,
-                    queued=self.pool.queued, sent_at=time.time()))
+                    queued=self.pool.queued, sent_at=time.time(), echo=self._echo))
+                self._echo = 0.0
                 last_beat = now
             if msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining:
                 await call.write(msg)

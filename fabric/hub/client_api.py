@@ -295,6 +295,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 in_flight=len(link.in_flight) if link else 0,
                 load=link.load if link else 0.0,
                 last_seen=rec.last_seen, completed=rec.completed,
+                latency_s=(link.latency_s or 0.0) if link else 0.0,
             ).to_proto())
         return pb.ListEndpointsReply(endpoints=out)
 

@@ -74,6 +74,7 @@ class Dispatcher:
                 gpus=caps.gpus if caps else 0,
                 memory_bytes=caps.memory_bytes if caps else 0,
                 free_slots=link.free_slots if link else 0,
+                latency_s=(link.latency_s or 0.0) if link else 0.0,
                 backlog_s=max(0.0, self.backlog_s.get(rec.endpoint_id, 0.0)),
                 relative_speed=caps.relative_speed if caps else 1.0,
                 cost_per_core_hour=caps.cost_per_core_hour if caps else 0.0,

@@ -98,6 +98,7 @@ class Link:
     free_slots: int = 0
     remote_queued: int = 0
     draining: bool = False  # the endpoint is stopping: send it nothing new
+    latency_s: float | None = None  # one way, from heartbeat round trips (smoothed)
     closed: bool = False
 
     @property
