@@ -8,7 +8,7 @@ have run:
 - hub-kill       SIGKILL the hub, restart it on the same store and port; the
                  endpoints and the waiting client reconnect on their own.
 - stall          SIGSTOP endpoint `a` until the hub declares it lost (heartbeat
-                 0.2 s x 3), then SIGCONT it: it reconnects, its stale results
+                 0.2 s x 2), then SIGCONT it: it reconnects, its stale results
                  are dropped.
 - worker-kill    SIGKILL one worker process after another, inside both endpoints.
 
@@ -47,7 +47,7 @@ from benchmarks.common import machine, save
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 SCENARIOS = ("endpoint-kill", "hub-kill", "stall", "worker-kill")
-FAST_HEARTBEAT = ("--heartbeat", "0.2", "--heartbeat-misses", "3")
+FAST_HEARTBEAT = ("--heartbeat", "0.2", "--heartbeat-misses", "2")  # the default threshold, fast
 FAULT_AT = 1 / 3  # inject the fault once this share of the tasks has run
 FINAL_STATES = (3, 4, 5)  # SUCCESS, FAILED, CANCELLED in protos/fabric.proto
 console = Console(width=None if sys.stdout.isatty() else 160)
