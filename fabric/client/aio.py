@@ -12,6 +12,8 @@ retried Submit is idempotent at the hub.
 
 from __future__ import annotations
 
+from fabric.worker.trace import ON as _TON, trace as _trace
+
 import asyncio
 import logging
 import time
@@ -184,8 +186,10 @@ class AsyncClient:
         if watching:
             self._watched.update(ids)
         self._submitting.update(ids)
+        if _TON: _trace(ids[0], 'c_rpc')
         try:
             await self._call("Submit", req)
+            if _TON: _trace(ids[0], 'c_acked')
         except errors.FabricError as exc:
             self._submitting.difference_update(ids)
             failed = [i[0].task_id for i in items]
@@ -351,6 +355,7 @@ class AsyncClient:
                         ready.set_result(None)
                     delay = 0.05
                     for r in batch.results:
+                        if _TON: _trace(r.task_id, 'c_watch_in')
                         if is_final(r):
                             self._deliver(r)
                 if self._closed:

@@ -17,6 +17,8 @@ holds and what it granted but has not yet received.
 
 from __future__ import annotations
 
+from fabric.worker.trace import ON as _TON, trace as _trace
+
 import asyncio
 import logging
 import os
@@ -230,6 +232,7 @@ class Endpoint:
                 for fn in msg.functions:
                     self.pool.add_function(fn.function_id, fn.body)
             if msg.tasks:
+                if _TON: _trace(msg.tasks[0].task_id, 'e_task_in')
                 items = [WorkItem(t.task_id, t.function_id, t.args, walltime_s=t.walltime_s,
                                   max_retries=t.max_retries if t.HasField("max_retries") else None)
                          for t in msg.tasks if t.task_id not in self.held]
@@ -285,6 +288,7 @@ class Endpoint:
                 self._echo = 0.0
                 last_beat = now
             if msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining:
+                if _TON and msg.results: _trace(msg.results[0].task_id, 'e_write')
                 await call.write(msg)
 
     def _credits_wanted(self) -> int:
@@ -303,9 +307,11 @@ class Endpoint:
             if r.error is not None:
                 m.error.CopyFrom(error_to_proto(r.error))
             fresh.append(m)
+        if _TON: _trace(fresh[0].task_id, 'e_result_in')
         if self.outbox is not None:
             # On disk before it is sent: a crash from here on cannot lose the result.
             self.outbox.put(fresh)
+        if _TON: _trace(fresh[0].task_id, 'e_outboxed')
         for m in fresh:
             self.unacked[m.task_id] = m
             self._to_send.append(m)

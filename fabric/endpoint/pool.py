@@ -22,6 +22,8 @@ decided in fabric/endpoint/supervision.py.
 
 from __future__ import annotations
 
+from fabric.worker.trace import ON as _TON, trace as _trace
+
 import asyncio
 import heapq
 import logging
@@ -316,6 +318,7 @@ class WorkerPool:
                     w.send(("functions", bodies))
                     w.functions.update(f for f, _ in bodies)
             w.send(("tasks", [(t.task_id, t.function_id, t.args) for t in batch]))
+            if _TON: _trace(batch[0].task_id, 'e_to_worker')
         except Exception as exc:  # noqa: BLE001 - its reader will see it die and requeue
             log.warning("could not send tasks to worker pid %d: %r", w.pid, exc)
 

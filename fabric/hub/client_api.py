@@ -7,6 +7,8 @@ status via `fabric.wire.to_status` (see `_rpc`).
 
 from __future__ import annotations
 
+from fabric.worker.trace import ON as _TON, trace as _trace
+
 import functools
 import json
 import logging
@@ -129,6 +131,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
     @_rpc
     async def Submit(self, request: pb.SubmitRequest, context: Any) -> pb.SubmitReply:
         owner = self.principal(context)
+        if _TON: _trace(request.tasks[0].task_id, 'h_submit_in')
         check_ids([t.task_id for t in request.tasks], "task")
         policy = request.policy
         self.d.policy(policy)  # unknown policy -> InvalidRequest before anything changes
@@ -164,7 +167,9 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                      request.session_id, owner, t.reason, t.args, now, t.walltime_s,
                      t.max_retries, json.dumps(t.needs.to_dict()) if t.needs != NO_NEEDS else None)
                     for t in live]
+            if _TON: _trace(request.tasks[0].task_id, 'h_insert')
             existing = await self.store.insert_tasks(rows)  # acknowledged only once committed
+            if _TON: _trace(request.tasks[0].task_id, 'h_inserted')
         except BaseException:
             self.d.unroute(live)  # nothing was stored: nothing may stay counted
             raise
@@ -175,6 +180,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         if existing:
             # Already stored (and perhaps finished): push what we know to the watcher.
             await self._push_known(request.session_id, list(existing))
+        if _TON: _trace(request.tasks[0].task_id, 'h_submit_out')
         return pb.SubmitReply(task_ids=[t.task_id for t in request.tasks])
 
     def _needs(self, t: pb.TaskSubmission, resolved: dict[str, str]) -> Needs:
@@ -211,6 +217,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             t = self.d.tasks.get(tid)
             if t is not None:
                 out[tid] = pb.TaskResult(task_id=tid, state=int(t.state), endpoint_id=t.endpoint_id or "")
+            elif tid in self.d.finishing:  # final and published, its commit under way
+                out[tid] = self.d.finishing[tid]
             else:
                 stored_ids.append(tid)
         if stored_ids:
@@ -263,6 +271,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 batch = await session.next_batch()
                 if not batch:
                     return
+                if _TON: _trace(batch[0].task_id, 'h_watch_out')
                 yield pb.ResultBatch(results=batch)
         finally:
             self.sessions.close(session)

@@ -9,6 +9,8 @@ and carry its messages.
 
 from __future__ import annotations
 
+from fabric.worker.trace import ON as _TON, trace as _trace
+
 import asyncio
 import logging
 import time
@@ -35,6 +37,9 @@ class Dispatcher:
         self.tasks: dict[str, LiveTask] = {}
         self.queues: dict[str, deque[str]] = {}  # endpoint id -> routed, unsent task ids
         self.held: deque[str] = deque()  # no eligible endpoint yet
+        # Results published but not yet committed: lookups must see them as final
+        # (a client that subscribes now would otherwise miss them: see on_results).
+        self.finishing: dict[str, pb.TaskResult] = {}
         self.links: dict[str, Link] = {}
         self.endpoints: dict[str, EndpointRecord] = {}
         self.functions: dict[str, FunctionRow] = {}
@@ -282,6 +287,7 @@ class Dispatcher:
                 fn = self.functions[t.function_id]
                 msg.functions.add(function_id=fn.function_id, body=fn.body)
                 link.sent_functions.add(t.function_id)
+            if _TON: _trace(tid, 'h_take')
             task = msg.tasks.add(task_id=tid, function_id=t.function_id, args=t.args,
                                  walltime_s=t.walltime_s)
             if t.max_retries is not None:
@@ -309,6 +315,7 @@ class Dispatcher:
     def on_results(self, link: Link, results: Sequence[pb.TaskResult]) -> None:
         """Record results; the first one for a task wins, later ones are only acknowledged."""
         now = time.time()
+        if _TON: _trace(results[0].task_id, 'h_result_in')
         rows, fresh, dup = [], [], []
         for r in results:
             t = self.tasks.get(r.task_id)
@@ -341,17 +348,25 @@ class Dispatcher:
             link.wake.set()
         if not rows:
             return
+        # Waiting clients get the results now, before the commit: the endpoint keeps
+        # each result in its outbox until acknowledged, and the ack below waits for
+        # the commit, so a hub that dies before committing gets the result replayed
+        # (a client that already has it ignores the repeat: it dedups by task id).
+        if _TON: _trace(fresh[0].task_id, 'h_publish')
+        for r in fresh:
+            self.finishing[r.task_id] = r
+        self.sessions.publish(fresh)
         done = self.store.finish_tasks(rows)
 
-        # Acknowledge and publish only once the results are durable.
         def committed(fut: asyncio.Future[None]) -> None:
+            for r in fresh:
+                self.finishing.pop(r.task_id, None)
             if fut.exception() is not None:
                 log.error("storing %d results failed: %s", len(rows), fut.exception())
                 return
-            if not link.closed:
+            if not link.closed:  # only now may the endpoint forget them
                 link.acks.extend(r.task_id for r in fresh)
                 link.wake.set()
-            self.sessions.publish(fresh)
 
         done.add_done_callback(committed)
 

@@ -9,6 +9,8 @@ its previous write was in flight (no timers on the hot path).
 
 from __future__ import annotations
 
+from fabric.worker.trace import ON as _TON, trace as _trace
+
 import asyncio
 import logging
 import re
@@ -119,6 +121,7 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
             msg = self.d.take(link)
             if msg is not None:
                 await context.write(msg)
+                if _TON and msg.tasks: _trace(msg.tasks[0].task_id, 'h_written')
 
     def drop(self, link: Link) -> None:
         """End a link's stream (heartbeats stopped): its handler's cleanup requeues the work."""

@@ -28,6 +28,8 @@ row, so the pool's count of results against starts stays exact.
 
 from __future__ import annotations
 
+from fabric.worker.trace import ON as _TON, trace as _trace
+
 import argparse
 import io
 import mmap
@@ -149,6 +151,7 @@ class _Worker:
         try:
             while True:
                 msg = read_frame(stream)
+                if _TON and msg and msg[0] == 'tasks': _trace(msg[1][0][0], 'w_frame_in')
                 self.inbox.put(msg)
                 if msg is None:
                     return
@@ -187,6 +190,7 @@ class _Worker:
     def _send_results(self) -> None:
         out, self.out = self.out, []
         self._send(("results", out))
+        if _TON: _trace(out[0][0], 'w_sent')
 
     def flush(self) -> None:
         with self.lock:
@@ -223,6 +227,7 @@ class _Worker:
                     return
                 continue
             task_id, function_id, args = self.pending.popleft()
+            if _TON: _trace(task_id, 'w_run')
             # Tell the pool, through shared memory, how many tasks have started:
             # if this one kills us, it knows which task to blame (results still
             # buffered here are lost with us and those tasks simply run again).
@@ -240,17 +245,23 @@ class _Worker:
                        (e.type_name, e.message, e.traceback, e.exception, e.kind), r.runtime_s)
                 del r
             del args
+            while not inbox.empty():  # take in whatever arrived while the task ran
+                if not self.handle(inbox.get()):
+                    with lock:
+                        self.out.append(row)
+                    self.flush()
+                    return
             with lock:
                 if not self.out:
                     self.oldest_unsent = time.perf_counter()
-                    lock.notify()  # the flusher starts timing this batch
                 self.out.append(row)
-            while not inbox.empty():  # take in whatever arrived while the task ran
-                if not self.handle(inbox.get()):
-                    self.flush()
-                    return
-            if not self.pending or time.perf_counter() - self.oldest_unsent >= BATCH_WINDOW_S:
-                self.flush()
+                if not self.pending or time.perf_counter() - self.oldest_unsent >= BATCH_WINDOW_S:
+                    self._send_results()
+                elif len(self.out) == 1:
+                    # This result waits for others: the flusher sends it if the next
+                    # task runs long. (Not woken for a result sent at once: that
+                    # wake-up would cost a thread switch per task.)
+                    lock.notify()
 
 
 def main(argv: list[str] | None = None) -> None:
