@@ -27,6 +27,11 @@ def main() -> None:
     from benchmarks.policies import add_arguments
 
     add_arguments(policies)
+    scale = sub.add_parser("scale", help="one hub, 1 to 1,000 simulated endpoint streams: "
+                                         "dispatch rate, hub CPU and memory")
+    from benchmarks.scale import add_arguments as add_scale_arguments
+
+    add_scale_arguments(scale)
     args = parser.parse_args()
     if args.bench == "noop":
         from benchmarks.noop import main as run
@@ -36,6 +41,10 @@ def main() -> None:
         from benchmarks.policies import run as run_policies
 
         raise SystemExit(run_policies(args))
+    elif args.bench == "scale":
+        from benchmarks.scale import run as run_scale
+
+        raise SystemExit(run_scale(args))
     elif args.bench == "chaos":
         from benchmarks.chaos import main as run_chaos
 

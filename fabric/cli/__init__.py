@@ -2,6 +2,7 @@
 
     fabric hub --port 50051
     fabric endpoint start laptop --hub 127.0.0.1:50051 --workers 4
+    fabric endpoint simulate --hub 127.0.0.1:50051 --count 1000 --workers 10
     fabric endpoints | fabric tasks | fabric status
 """
 
@@ -118,6 +119,45 @@ def endpoint_stop(name: str, timeout: float, state_dir: str | None) -> None:
 
     pid = _exit_on_error(stop_endpoint, name, timeout, state_dir)
     click.echo(f"endpoint {name} (pid {pid}) stopped")
+
+
+@endpoint.command("simulate")
+@HUB_OPTION
+@click.option("--count", default=100, show_default=True, type=click.IntRange(min=1),
+              help="simulated endpoints, one stream (and connection) each")
+@click.option("--workers", default=10, show_default=True, type=click.IntRange(min=1),
+              help="simulated worker slots per endpoint")
+@click.option("--runtime", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="seconds each task occupies a slot")
+@click.option("--prefetch", default=0, show_default=True, type=click.IntRange(min=0),
+              help="tasks to hold beyond the free slots")
+@click.option("--min-grant", default=1, show_default=True, type=click.IntRange(min=1),
+              help="grant credits only once this many slots are free (1: as the agent does)")
+@click.option("--prefix", default="sim", show_default=True, help="endpoint names: PREFIX-00000...")
+@click.option("--channels", default=0, show_default=True, type=click.IntRange(min=0),
+              help="share K connections among all streams (0: one connection per endpoint)")
+@click.option("--connect-timeout", default=120.0, show_default=True,
+              type=click.FloatRange(min=1), help="seconds for all of them to connect")
+@click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
+def endpoint_simulate(hub: str, count: int, workers: int, runtime: float, prefetch: int,
+                      min_grant: int, prefix: str, channels: int, connect_timeout: float,
+                      verbose: int) -> None:
+    """Run --count simulated endpoints in this process, for benchmarks: the real
+    protocol, one stream each, no worker processes; each task takes --runtime seconds
+    on one of --workers slots and returns None. SIGTERM/SIGINT drains them."""
+    from fabric.endpoint.simulated import simulate
+
+    if verbose:
+        _logging(verbose)
+    else:  # a thousand reconnecting endpoints would flood the terminal at INFO
+        _logging(0)
+        logging.getLogger("fabric").setLevel(logging.WARNING)
+    try:
+        simulate(hub, count, workers, runtime, prefetch=prefetch, min_grant=min_grant,
+                 prefix=prefix, channels=channels, connect_timeout=connect_timeout)
+    except TimeoutError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 def _exit_on_error(fn: Any, *args: Any) -> Any:
