@@ -56,6 +56,18 @@ def test_success_returns_pickled_value_and_runtime():
     assert r.runtime_s >= 0
 
 
+def test_first_call_of_a_function_in_a_worker_is_cold():
+    big = bytes(range(256)) * 40_000  # a 10 MB constant travels inside the body
+
+    def heavy(x):
+        return len(big) + x
+
+    cache = cache_with(heavy=heavy)
+    first, second = run(cache, "heavy", 1), run(cache, "heavy", 2)
+    assert (first.cold, second.cold) == (True, False)
+    assert loads(first.value) == loads(second.value) - 1
+
+
 def test_user_exception_carries_type_message_traceback_and_exception():
     def explode(n):
         raise ValueError(f"bad {n}")
@@ -146,8 +158,8 @@ def test_state_persists_per_function_and_only_inside_a_task():
 
 
 def test_frames_round_trip_plain_data_and_refuse_globals():
-    msg = ("results", [("t1", True, b"\x00" * 10, None, 0.5),
-                       ("t2", False, b"", ("E", "m", "tb", b"", "user"), 0.0)])
+    msg = ("results", [("t1", True, b"\x00" * 10, None, 0.5, False),
+                       ("t2", False, b"", ("E", "m", "tb", b"", "user"), 0.0, False)])
     header, payload = encode_frame(msg)
     assert int.from_bytes(header, "little") == len(payload)
     assert decode_frame(payload) == msg

@@ -68,20 +68,22 @@ class TaskError(_message.Message):
     def __init__(self, type_name: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., exception: _Optional[bytes] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "state", "value", "error", "endpoint_id", "runtime_s")
+    __slots__ = ("task_id", "state", "value", "error", "endpoint_id", "runtime_s", "cold")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_S_FIELD_NUMBER: _ClassVar[int]
+    COLD_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     state: TaskState
     value: bytes
     error: TaskError
     endpoint_id: str
     runtime_s: float
-    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., value: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., endpoint_id: _Optional[str] = ..., runtime_s: _Optional[float] = ...) -> None: ...
+    cold: bool
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., value: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., endpoint_id: _Optional[str] = ..., runtime_s: _Optional[float] = ..., cold: _Optional[bool] = ...) -> None: ...
 
 class RegisterFunctionRequest(_message.Message):
     __slots__ = ("name", "body", "python_version")

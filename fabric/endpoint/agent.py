@@ -303,7 +303,8 @@ class Endpoint:
         for r in results:
             self.held.pop(r.task_id, None)
             m = pb.TaskResult(task_id=r.task_id, state=pb.SUCCESS if r.ok else pb.FAILED,
-                              value=r.value, runtime_s=r.runtime_s, endpoint_id=self.endpoint_id or "")
+                              value=r.value, runtime_s=r.runtime_s, cold=r.cold,
+                              endpoint_id=self.endpoint_id or "")
             if r.error is not None:
                 m.error.CopyFrom(error_to_proto(r.error))
             fresh.append(m)

@@ -377,11 +377,12 @@ class WorkerPool:
         if self._cancelled:
             rows = self._drop_cancelled(w, rows)
         results = []
-        for task_id, ok, value, error, runtime_s in rows:
+        for task_id, ok, value, error, runtime_s, cold in rows:
             outstanding.pop(task_id, None)
             ewma = runtime_s if ewma is None else ewma + EWMA_ALPHA * (runtime_s - ewma)
             results.append(WorkResult(task_id, ok, value,
-                                      None if error is None else ErrorInfo(*error), runtime_s))
+                                      None if error is None else ErrorInfo(*error), runtime_s,
+                                      cold))
         if self._retries:
             for r in results:
                 self._retries.pop(r.task_id, None)

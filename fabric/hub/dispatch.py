@@ -332,7 +332,8 @@ class Dispatcher:
             del self.tasks[r.task_id]
             self._release(t)
             if r.state == pb.SUCCESS:
-                self.model.observe(t.function_id, link.endpoint_id, r.runtime_s, len(t.args))
+                self.model.observe(t.function_id, link.endpoint_id, r.runtime_s, len(t.args),
+                                   cold=r.cold)
             link.in_flight.discard(r.task_id)
             if not r.endpoint_id:
                 r.endpoint_id = link.endpoint_id

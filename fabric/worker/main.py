@@ -11,7 +11,7 @@ bytes inside the envelope; only `runtime.run_task` unpickles it.
                      ("cancel", [task_id, ...])          skip these if not yet started
                      ("stop",)
     worker -> pool   ("ready", pid)                      once, at start
-                     ("results", [(task_id, ok, value, error_tuple | None, runtime_s), ...])
+                     ("results", [(task_id, ok, value, error_tuple | None, runtime_s, cold), ...])
                      error_tuple = (type_name, message, traceback, exception_bytes, kind)
 
 Results are batched adaptively: after a task the worker sends what it has if
@@ -54,7 +54,7 @@ BATCH_WINDOW_S = 0.005
 #: Size of the shared "tasks started" counter (native unsigned 64-bit).
 PROGRESS_BYTES = 8
 #: The row a skipped (cancelled) task answers with; the pool drops it.
-_SKIPPED = (False, b"", ("TaskCancelled", "cancelled before it started", "", b"", "cancelled"), 0.0)
+_SKIPPED = (False, b"", ("TaskCancelled", "cancelled before it started", "", b"", "cancelled"), 0.0, False)
 
 
 # ------------------------------------------------------------------ framing
@@ -242,7 +242,8 @@ class _Worker:
                              max_result_bytes=self.max_result_bytes)
                 e = r.error
                 row = (r.task_id, r.ok, r.value, None if e is None else
-                       (e.type_name, e.message, e.traceback, e.exception, e.kind), r.runtime_s)
+                       (e.type_name, e.message, e.traceback, e.exception, e.kind), r.runtime_s,
+                       r.cold)
                 del r
             del args
             while not inbox.empty():  # take in whatever arrived while the task ran

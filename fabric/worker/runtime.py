@@ -44,6 +44,7 @@ class WorkResult:
     value: bytes = b""
     error: ErrorInfo | None = None
     runtime_s: float = 0.0
+    cold: bool = False  # this call loaded the function: runtime_s includes the load
 
 
 class FunctionCache:
@@ -76,6 +77,9 @@ class FunctionCache:
         self._loaded[function_id] = fn
         del self._bodies[function_id]  # the callable is all we need from now on
         return fn
+
+    def is_loaded(self, function_id: str) -> bool:
+        return function_id in self._loaded
 
     def __contains__(self, function_id: object) -> bool:
         return function_id in self._loaded or function_id in self._bodies
@@ -129,6 +133,10 @@ def run_task(task_id: str, function_id: str, args: bytes, *,
     """
     global _current_function
     cache = _default_cache if cache is None else cache
+    # A cold call's runtime includes loading the function: the scheduler learns
+    # cold-start cost as the difference between cold and warm runtimes.
+    cold = not cache.is_loaded(function_id)
+    load_start = time.perf_counter()
     try:
         fn = cache.get(function_id)
     except BaseException as exc:  # noqa: BLE001 - a bad body must not kill the worker
@@ -139,7 +147,7 @@ def run_task(task_id: str, function_id: str, args: bytes, *,
         return _failed(task_id, exc, "system", "could not unpickle the task's arguments")
 
     _current_function = function_id
-    start = time.perf_counter()
+    start = load_start if cold else time.perf_counter()
     try:
         value = fn(*a, **kw)
     except BaseException as exc:  # noqa: BLE001 - SystemExit etc. are reported, like ProcessPoolExecutor
@@ -168,7 +176,7 @@ def run_task(task_id: str, function_id: str, args: bytes, *,
         exc = PayloadTooLarge(f"the pickled result is {len(payload)} bytes, over this "
                               f"endpoint's limit of {max_result_bytes} bytes")
         return WorkResult(task_id, False, error=_error_info(exc, "user"), runtime_s=runtime)
-    return WorkResult(task_id, True, payload, None, runtime)
+    return WorkResult(task_id, True, payload, None, runtime, cold)
 
 
 def _failed(task_id: str, exc: BaseException, kind: str, context: str = "") -> WorkResult:
