@@ -180,7 +180,11 @@ class Run:
         self.ledger = Ledger(tmp / "runs.log")
         self.fab.start()
         self.client = Client(self.fab.address, retry_timeout=120)
-        self.client.wait_for_endpoints(2, timeout=60)
+        try:
+            self.client.wait_for_endpoints(2, timeout=60)
+        except BaseException:  # e.g. an endpoint that cannot start: leave nothing running
+            self.close()
+            raise
         self.books = Deliveries(self.client)
         self.results: list[Any] | None = None
         self.error: BaseException | None = None
