@@ -265,17 +265,9 @@ class Endpoint:
                 pass
             self._wake.clear()
             msg = pb.EndpointMessage()
-            if self._to_send:
-                n = _fit(self._to_send, config.MAX_BATCH_BYTES)
-                msg.results.extend(self._to_send[:n])
-                del self._to_send[:n]
-                if self._to_send:
-                    self._wake.set()
-            if self.draining:
-                msg.draining = True
-                if self._returned:
-                    msg.returned.extend(self._returned)
-                    self._returned.clear()
+            if pack_outgoing(msg, self._to_send, _fit(self._to_send, config.MAX_BATCH_BYTES),
+                             self.draining, self._returned):
+                self._wake.set()
             want = self._credits_wanted()
             if want > 0:
                 msg.credits = want
@@ -318,6 +310,22 @@ class Endpoint:
             self._to_send.append(m)
         self.completed += len(results)
         self._wake.set()
+
+
+def pack_outgoing(msg: pb.EndpointMessage, to_send: list[pb.TaskResult], n: int,
+                  draining: bool, returned: list[str]) -> bool:
+    """Move the first `n` results (and, while draining, the handed-back task ids)
+    into `msg`; True when results are left for another message. Shared with the
+    simulated endpoint, so both speak the protocol the same way."""
+    if to_send:
+        msg.results.extend(to_send[:n])
+        del to_send[:n]
+    if draining:
+        msg.draining = True
+        if returned:
+            msg.returned.extend(returned)
+            returned.clear()
+    return bool(to_send)
 
 
 def _fit(results: list[pb.TaskResult], budget: int) -> int:

@@ -38,6 +38,7 @@ import grpc
 from fabric import __version__, config
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.endpoint.agent import pack_outgoing
 from fabric.endpoint.capabilities import load_per_core
 from fabric.models import Capabilities
 
@@ -310,17 +311,9 @@ class SimulatedEndpoint:
             if self._silent:
                 raise ConnectionError(f"hub silent for {self.period * self.heartbeat_misses:.1f}s")
             msg = pb.EndpointMessage()
-            if self._to_send:
-                n = min(len(self._to_send), config.MAX_TASKS_PER_BATCH)
-                msg.results.extend(self._to_send[:n])
-                del self._to_send[:n]
-                if self._to_send:
-                    self._wake.set()
-            if self.draining:
-                msg.draining = True
-                if self._returned:
-                    msg.returned.extend(self._returned)
-                    self._returned.clear()
+            if pack_outgoing(msg, self._to_send, config.MAX_TASKS_PER_BATCH, self.draining,
+                             self._returned):
+                self._wake.set()
             want = self._credits_wanted()
             if want > 0:
                 msg.credits = want
