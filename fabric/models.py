@@ -84,6 +84,7 @@ class EndpointInfo:
     last_seen: float
     completed: int
     latency_s: float = 0.0
+    bandwidth_Bps: float = 0.0
 
     def to_proto(self) -> pb.EndpointStatus:
         return pb.EndpointStatus(
@@ -92,13 +93,15 @@ class EndpointInfo:
             free_slots=self.free_slots, queued_at_hub=self.queued_at_hub,
             in_flight=self.in_flight, load=self.load, last_seen=self.last_seen,
             completed=self.completed, latency_s=self.latency_s,
+            bandwidth_Bps=self.bandwidth_Bps,
         )
 
     @classmethod
     def from_proto(cls, m: pb.EndpointStatus) -> "EndpointInfo":
         caps = Capabilities.from_proto(m.capabilities) if m.HasField("capabilities") else None
         return cls(m.endpoint_id, m.name, m.online, caps, m.free_slots, m.queued_at_hub,
-                   m.in_flight, m.load, m.last_seen, m.completed, m.latency_s)
+                   m.in_flight, m.load, m.last_seen, m.completed, m.latency_s,
+                   m.bandwidth_Bps)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,26 @@ from fabric.wire import ERROR_KEY, from_rpc_error, to_status
 # The scheduler's tests live in tests/test_scheduler.py.
 
 
+# ---------------------------------------------------------------- link measurements
+
+def test_a_link_times_one_large_batch_at_a_time_and_learns_its_bandwidth():
+    from fabric.hub.live import PROBE_MIN_BYTES, EndpointRecord, Link
+
+    link = Link(EndpointRecord("ep-1", "a", "local", None))
+    link.heard_echo(echo=100.0, now=100.002)  # 2 ms round trip: 1 ms each way
+    assert link.latency_s == pytest.approx(0.001)
+    assert link.probe_stamp(PROBE_MIN_BYTES - 1, now=200.0) == 0.0  # too small to time
+    assert link.probe_stamp(10_000_000, now=200.0) == 200.0
+    assert link.probe_stamp(10_000_000, now=200.001) == 0.0  # one probe in flight at a time
+    link.heard_batch_echo(echo=123.0, now=200.1)  # not our probe: ignored
+    assert link.bandwidth_Bps is None
+    link.heard_batch_echo(echo=200.0, now=200.012)  # 12 ms less 2 ms of latency
+    assert link.bandwidth_Bps == pytest.approx(10_000_000 / 0.010)
+    assert link.probe_stamp(10_000_000, now=200.02) == 200.02  # free for the next
+    link.heard_batch_echo(echo=200.02, now=200.02)  # no measurable time: clamped, finite
+    assert 1e9 < link.bandwidth_Bps < float("inf")
+
+
 # ---------------------------------------------------------------- task states
 
 @pytest.mark.parametrize("state", list(TaskState))

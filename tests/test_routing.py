@@ -124,6 +124,10 @@ def test_cheapest_under_a_deadline(client):
     assert "cheapest" in reason, reason
 
 
+def size_of(blob):
+    return len(blob)
+
+
 def test_the_hub_measures_each_link_from_heartbeat_round_trips(tmp_path):
     with LocalFabric(tmp_path, ["near"], workers=1, hub_args=("--heartbeat", "0.1")) as f:
         with Client(f.address) as c:
@@ -133,3 +137,14 @@ def test_the_hub_measures_each_link_from_heartbeat_round_trips(tmp_path):
                 assert time.monotonic() < deadline, "no latency measured"
                 time.sleep(0.05)
             assert 0 < c.endpoints()[0].latency_s < 1.0  # loopback
+            assert c.endpoints()[0].bandwidth_Bps == 0.0  # small batches are not timed
+            # Large task batches are: the endpoint echoes their stamp and the hub
+            # learns the bandwidth from the transfer time.
+            fid = c.register_function(size_of)
+            blob = b"x" * (1 << 20)
+            tids = c.batch_run(fid, [((blob,), {})] * 6)
+            assert c.get_batch_result(tids, timeout=60) == [1 << 20] * 6
+            while not c.endpoints()[0].bandwidth_Bps:
+                assert time.monotonic() < deadline, "no bandwidth measured"
+                time.sleep(0.05)
+            assert c.endpoints()[0].bandwidth_Bps > 1e6, c.endpoints()[0]  # loopback: > 1 MB/s

@@ -218,7 +218,7 @@ class Capabilities(_message.Message):
     def __init__(self, cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., gpu_names: _Optional[_Iterable[str]] = ..., os: _Optional[str] = ..., python_version: _Optional[str] = ..., hostname: _Optional[str] = ..., workers: _Optional[int] = ..., relative_speed: _Optional[float] = ..., cost_per_core_hour: _Optional[float] = ...) -> None: ...
 
 class EndpointStatus(_message.Message):
-    __slots__ = ("endpoint_id", "name", "online", "capabilities", "free_slots", "queued_at_hub", "in_flight", "load", "last_seen", "completed", "latency_s")
+    __slots__ = ("endpoint_id", "name", "online", "capabilities", "free_slots", "queued_at_hub", "in_flight", "load", "last_seen", "completed", "latency_s", "bandwidth_Bps")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +230,7 @@ class EndpointStatus(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     name: str
     online: bool
@@ -241,7 +242,8 @@ class EndpointStatus(_message.Message):
     last_seen: float
     completed: int
     latency_s: float
-    def __init__(self, endpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., free_slots: _Optional[int] = ..., queued_at_hub: _Optional[int] = ..., in_flight: _Optional[int] = ..., load: _Optional[float] = ..., last_seen: _Optional[float] = ..., completed: _Optional[int] = ..., latency_s: _Optional[float] = ...) -> None: ...
+    bandwidth_Bps: float
+    def __init__(self, endpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., free_slots: _Optional[int] = ..., queued_at_hub: _Optional[int] = ..., in_flight: _Optional[int] = ..., load: _Optional[float] = ..., last_seen: _Optional[float] = ..., completed: _Optional[int] = ..., latency_s: _Optional[float] = ..., bandwidth_Bps: _Optional[float] = ...) -> None: ...
 
 class ListEndpointsRequest(_message.Message):
     __slots__ = ()
@@ -360,20 +362,22 @@ class Heartbeat(_message.Message):
     def __init__(self, load: _Optional[float] = ..., free_slots: _Optional[int] = ..., queued: _Optional[int] = ..., sent_at: _Optional[float] = ..., echo: _Optional[float] = ...) -> None: ...
 
 class EndpointMessage(_message.Message):
-    __slots__ = ("hello", "credits", "results", "heartbeat", "draining", "returned")
+    __slots__ = ("hello", "credits", "results", "heartbeat", "draining", "returned", "batch_echo")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     RETURNED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ECHO_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     credits: int
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     heartbeat: Heartbeat
     draining: bool
     returned: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., credits: _Optional[int] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[bool] = ..., returned: _Optional[_Iterable[str]] = ...) -> None: ...
+    batch_echo: float
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., credits: _Optional[int] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[bool] = ..., returned: _Optional[_Iterable[str]] = ..., batch_echo: _Optional[float] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("endpoint_id", "heartbeat_period_s")
@@ -392,17 +396,19 @@ class FunctionBody(_message.Message):
     def __init__(self, function_id: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class HubMessage(_message.Message):
-    __slots__ = ("welcome", "tasks", "functions", "acks", "heartbeat", "cancel")
+    __slots__ = ("welcome", "tasks", "functions", "acks", "heartbeat", "cancel", "sent_at")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSubmission]
     functions: _containers.RepeatedCompositeFieldContainer[FunctionBody]
     acks: _containers.RepeatedScalarFieldContainer[str]
     heartbeat: Heartbeat
     cancel: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[TaskSubmission, _Mapping]]] = ..., functions: _Optional[_Iterable[_Union[FunctionBody, _Mapping]]] = ..., acks: _Optional[_Iterable[str]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., cancel: _Optional[_Iterable[str]] = ...) -> None: ...
+    sent_at: float
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[TaskSubmission, _Mapping]]] = ..., functions: _Optional[_Iterable[_Union[FunctionBody, _Mapping]]] = ..., acks: _Optional[_Iterable[str]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., cancel: _Optional[_Iterable[str]] = ..., sent_at: _Optional[float] = ...) -> None: ...

@@ -59,9 +59,10 @@ def endpoints(hub: str) -> None:
     with _client(hub) as c:
         rows = c.endpoints()
     table = Table(title=f"endpoints at {hub}")
-    numeric = ("workers", "free", "queued", "in flight", "done", "load", "latency", "speed", "$/core-h")
+    numeric = ("workers", "free", "queued", "in flight", "done", "load", "latency", "bandwidth",
+               "speed", "$/core-h")
     for col in ("name", "id", "online", "workers", "free", "queued", "in flight", "done",
-                "load", "latency", "speed", "$/core-h", "python", "gpus", "host", "last seen"):
+                "load", "latency", "bandwidth", "speed", "$/core-h", "python", "gpus", "host", "last seen"):
         table.add_column(col, justify="right" if col in numeric else "left")
     for e in rows:
         caps = e.capabilities
@@ -70,6 +71,7 @@ def endpoints(hub: str) -> None:
             str(caps.workers if caps else "-"), str(e.free_slots), str(e.queued_at_hub),
             str(e.in_flight), str(e.completed), f"{e.load:.2f}",
             f"{e.latency_s * 1000:.1f} ms" if e.latency_s else "-",
+            f"{e.bandwidth_Bps / 1e6:,.0f} MB/s" if e.bandwidth_Bps else "-",
             f"{caps.relative_speed:g}" if caps else "-",
             f"{caps.cost_per_core_hour:g}" if caps else "-",
             caps.python_version if caps else "-", str(caps.gpus if caps else 0),

@@ -76,6 +76,7 @@ class Endpoint:
         self._to_send: list[pb.TaskResult] = []
         self._last_heard = time.monotonic()
         self._echo = 0.0  # a hub heartbeat to answer at once, so the hub can time the link
+        self._batch_echo = 0.0  # a stamped task batch to answer at once (the hub times bandwidth)
         self._granted = 0  # credits granted on the current stream, tasks not yet received
         self._wake = asyncio.Event()
         self._stopping = False
@@ -248,6 +249,9 @@ class Endpoint:
             if msg.HasField("heartbeat") and msg.heartbeat.sent_at:
                 self._echo = msg.heartbeat.sent_at
                 self._wake.set()
+            if msg.sent_at:
+                self._batch_echo = msg.sent_at
+                self._wake.set()
             if msg.cancel:
                 for tid in self.pool.cancel(msg.cancel):
                     self.held.pop(tid, None)
@@ -268,6 +272,8 @@ class Endpoint:
             if pack_outgoing(msg, self._to_send, _fit(self._to_send, config.MAX_BATCH_BYTES),
                              self.draining, self._returned):
                 self._wake.set()
+            if self._batch_echo:
+                msg.batch_echo, self._batch_echo = self._batch_echo, 0.0
             want = self._credits_wanted()
             if want > 0:
                 msg.credits = want
@@ -279,7 +285,8 @@ class Endpoint:
                     queued=self.pool.queued, sent_at=time.time(), echo=self._echo))
                 self._echo = 0.0
                 last_beat = now
-            if msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining:
+            if (msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining
+                    or msg.batch_echo):
                 if _TON and msg.results: _trace(msg.results[0].task_id, 'e_write')
                 await call.write(msg)
 

@@ -152,6 +152,7 @@ class SimulatedEndpoint:
         self._returned: list[str] = []
         self._granted = 0  # credits granted on this stream, tasks not yet received
         self._echo = 0.0  # a hub heartbeat to answer at once, so the hub can time the link
+        self._batch_echo = 0.0  # a stamped task batch to answer at once (the hub times bandwidth)
         self._beat_due = False
         self._silent = False
         self._last_heard = self._last_beat = 0.0
@@ -297,6 +298,9 @@ class SimulatedEndpoint:
             if msg.HasField("heartbeat") and msg.heartbeat.sent_at:
                 self._echo = msg.heartbeat.sent_at
                 self._wake.set()
+            if msg.sent_at:
+                self._batch_echo = msg.sent_at
+                self._wake.set()
             if msg.cancel:
                 self._cancel(msg.cancel)
 
@@ -314,6 +318,8 @@ class SimulatedEndpoint:
             if pack_outgoing(msg, self._to_send, config.MAX_TASKS_PER_BATCH, self.draining,
                              self._returned):
                 self._wake.set()
+            if self._batch_echo:
+                msg.batch_echo, self._batch_echo = self._batch_echo, 0.0
             want = self._credits_wanted()
             if want > 0:
                 msg.credits = want
@@ -324,7 +330,8 @@ class SimulatedEndpoint:
                 hb.queued, hb.sent_at, hb.echo = len(self.waiting), time.time(), self._echo
                 self._echo, self._beat_due = 0.0, False
                 self._last_beat = time.monotonic()
-            if msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining:
+            if (msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining
+                    or msg.batch_echo):
                 self.messages_out += 1
                 self.results_out += len(msg.results)
                 await call.write(msg)

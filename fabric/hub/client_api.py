@@ -305,6 +305,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 load=link.load if link else 0.0,
                 last_seen=rec.last_seen, completed=rec.completed,
                 latency_s=(link.latency_s or 0.0) if link else 0.0,
+                bandwidth_Bps=(link.bandwidth_Bps or 0.0) if link else 0.0,
             ).to_proto())
         return pb.ListEndpointsReply(endpoints=out)
 

@@ -80,6 +80,7 @@ class Dispatcher:
                 memory_bytes=caps.memory_bytes if caps else 0,
                 free_slots=link.free_slots if link else 0,
                 latency_s=(link.latency_s or 0.0) if link else 0.0,
+                bandwidth_Bps=(link.bandwidth_Bps or 0.0) if link else 0.0,
                 backlog_s=max(0.0, self.backlog_s.get(rec.endpoint_id, 0.0)),
                 relative_speed=caps.relative_speed if caps else 1.0,
                 cost_per_core_hour=caps.cost_per_core_hour if caps else 0.0,
@@ -298,7 +299,9 @@ class Dispatcher:
             size += len(t.args)
             sent.append(tid)
         if sent:
-            self.store.mark_dispatched(sent, link.endpoint_id, time.time())
+            now = time.time()
+            msg.sent_at = link.probe_stamp(size, now)
+            self.store.mark_dispatched(sent, link.endpoint_id, now)
             if q and link.credits > 0:
                 link.wake.set()  # more to send: go round again after this write
         if link.acks:

@@ -98,13 +98,13 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
                          link.endpoint.name, moved)
             if msg.returned:
                 self.d.hand_back(link, msg.returned)
+            if msg.batch_echo:
+                link.heard_batch_echo(msg.batch_echo, time.time())
             if msg.HasField("heartbeat"):
                 hb = msg.heartbeat
                 link.load, link.free_slots, link.remote_queued = hb.load, hb.free_slots, hb.queued
-                if hb.echo:  # an answer to our heartbeat: half the round trip is the latency
-                    one_way = max(0.0, time.time() - hb.echo) / 2
-                    link.latency_s = one_way if link.latency_s is None else \
-                        0.8 * link.latency_s + 0.2 * one_way
+                if hb.echo:
+                    link.heard_echo(hb.echo, time.time())
                 link.endpoint.last_seen = time.time()
             msg = await context.read()
             if msg is grpc.aio.EOF:

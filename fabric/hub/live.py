@@ -15,6 +15,11 @@ from fabric.models import Capabilities
 from fabric.states import TaskState
 
 
+PROBE_MIN_BYTES = 256 * 1024  # smaller batches time the round trip, not the link
+PROBE_GIVE_UP_S = 30.0
+MIN_TRANSFER_S = 50e-6  # a clock tick: keeps one lucky sample from reading as infinite
+
+
 class LiveTask:
     """A task the hub still has to finish. Arguments stay opaque bytes."""
 
@@ -99,7 +104,38 @@ class Link:
     remote_queued: int = 0
     draining: bool = False  # the endpoint is stopping: send it nothing new
     latency_s: float | None = None  # one way, from heartbeat round trips (smoothed)
+    bandwidth_Bps: float | None = None  # hub -> endpoint, from echoed large batches (smoothed)
+    probe: tuple[float, int] | None = None  # (sent_at, bytes) of the batch awaiting its echo
     closed: bool = False
+
+    def heard_echo(self, echo: float, now: float) -> None:
+        """An answer to our heartbeat: half the round trip is the one-way latency."""
+        one_way = max(0.0, now - echo) / 2
+        self.latency_s = one_way if self.latency_s is None else 0.8 * self.latency_s + 0.2 * one_way
+
+    def probe_stamp(self, size: int, now: float) -> float:
+        """The sent_at to stamp on an outgoing batch of `size` payload bytes, or 0.0 for none.
+
+        Only batches big enough for their transfer to dwarf the round trip are
+        timed, one at a time (so an echo is never mistaken for another's);
+        a probe whose echo never came is given up after PROBE_GIVE_UP_S."""
+        if size < PROBE_MIN_BYTES:
+            return 0.0
+        if self.probe is not None and now - self.probe[0] < PROBE_GIVE_UP_S:
+            return 0.0
+        self.probe = (now, size)
+        return now
+
+    def heard_batch_echo(self, echo: float, now: float) -> None:
+        """The endpoint got the probed batch: its transfer took the round trip less
+        the latency both ways. Smoothed, since one sample includes any queueing."""
+        if self.probe is None or self.probe[0] != echo:
+            return
+        size, self.probe = self.probe[1], None
+        transfer = max(now - echo - 2 * (self.latency_s or 0.0), MIN_TRANSFER_S)
+        sample = size / transfer
+        self.bandwidth_Bps = sample if self.bandwidth_Bps is None else \
+            0.7 * self.bandwidth_Bps + 0.3 * sample
 
     @property
     def endpoint_id(self) -> str:
