@@ -12,7 +12,7 @@ seconds on one of --workers slots). Once all N are online:
 - ListEndpoints: how long one call takes with N endpoints;
 - run: --tasks no-op tasks submitted by this process through AsyncClient in
   batches of --batch, --in-flight batches at a time, no endpoint named (the
-  default round-robin policy spreads them over all N). The rate is tasks/s
+  --policy, round-robin unless named, spreads them over all N). The rate is tasks/s
   from the first Submit to the last result; CPU of the hub, the simulator and
   this process (the client) over the same window, from psutil; hub RSS
   sampled every --sample seconds.
@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(1: as the real agent does)")
     parser.add_argument("--tasks", type=int, default=30_000, help="tasks per endpoint count")
     parser.add_argument("--batch", type=int, default=1000, help="tasks per batch_run")
+    parser.add_argument("--policy", default="round-robin",
+                        help="routing policy for the no-ops (round-robin: the cheapest decision, "
+                             "so the rate measures dispatch; the hub's default is smallest-eta)")
     parser.add_argument("--in-flight", type=int, default=4, help="batches in flight at once")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="hub heartbeat period (s)")
     parser.add_argument("--idle", type=float, default=5.0,
@@ -242,7 +245,7 @@ def _machine_busy_s() -> float:
 
 
 async def drive(address: str, tasks: int, batch: int, in_flight: int, warmup: int,
-                progress: dict[str, float], timeout: float,
+                policy: str, progress: dict[str, float], timeout: float,
                 mark: Callable[[str], None]) -> tuple[float, int, int, dict[str, int]]:
     """Warm up, then `tasks` no-ops in batches, `in_flight` batches at a time; calls
     `mark("start")` and `mark("end")` around the timed part. Returns (seconds, tasks
@@ -255,7 +258,7 @@ async def drive(address: str, tasks: int, batch: int, in_flight: int, warmup: in
     async with AsyncClient(address, retry_timeout=120) as client:
         fid = await client.register_function(noop)
         # Every link gets the function body and the result stream is open before timing.
-        ids = await client.batch_run(fid, [((), {})] * warmup)
+        ids = await client.batch_run(fid, [((), {})] * warmup, policy=policy)
         try:
             await client.wait(ids, timeout)
         except errors.TaskTimeout:
@@ -268,7 +271,7 @@ async def drive(address: str, tasks: int, batch: int, in_flight: int, warmup: in
             nonlocal failed, unpushed
             while sizes:
                 n = sizes.pop()
-                ids = await client.batch_run(fid, [((), {})] * n)
+                ids = await client.batch_run(fid, [((), {})] * n, policy=policy)
                 try:
                     results = await client.wait(ids, timeout)
                 except errors.TaskTimeout:
@@ -357,7 +360,7 @@ def measure(n: int, args: argparse.Namespace, repeat: int, progress: Progress) -
             try:
                 seconds, failed, unpushed, counters = run_loop(drive(
                     address, args.tasks, args.batch, args.in_flight,
-                    warmup=max(2000, 2 * n * max(1, args.workers // 10)),
+                    warmup=max(2000, 2 * n * max(1, args.workers // 10)), policy=args.policy,
                     progress=meter.progress, timeout=args.timeout, mark=mark))
             finally:
                 done.set()
@@ -520,7 +523,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     points: list[Point] = []
     console.rule(f"scale: {', '.join(map(str, counts))} endpoints x {args.workers} workers, "
-                 f"{args.tasks:,} tasks each")
+                 f"{args.tasks:,} tasks each, {args.policy}")
     with Progress(TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[phase]:<10}"), TimeElapsedColumn(),
                   console=console) as progress:

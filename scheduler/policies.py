@@ -254,7 +254,7 @@ def _money(dollars: float) -> str:
 
 POLICIES: dict[str, type] = {p.name: p for p in (RoundRobin, LeastLoaded, Fastest, Cheapest,
                                                   SmallestEta)}
-DEFAULT_POLICY = RoundRobin.name
+DEFAULT_POLICY = SmallestEta.name
 
 
 def make_policy(name: str | None = None, **options: Any) -> Policy:

@@ -84,7 +84,7 @@ def test_thousands_of_tasks_spread_over_both_endpoints(client):
     assert len(set(tids)) == 3000
     assert client.get_batch_result(tids, timeout=120) == [i + 1 for i in range(3000)]
     after = {e.name: e.completed for e in client.endpoints()}
-    for name in ("alpha", "beta"):  # round-robin used both
+    for name in ("alpha", "beta"):  # the default policy (smallest ETA) used both
         assert after[name] - before[name] >= 1000
 
 

@@ -79,8 +79,8 @@ class Client:
             deadline: float | None = None, fail_fast: bool = False, **kwargs: Any) -> str:
         """Submit one call; returns its task id once the hub has stored it.
 
-        endpoint_id: run exactly there; else `policy` ("round-robin", "least-loaded",
-        "fastest", "cheapest", "smallest-eta") picks among `endpoints` (default: all)
+        endpoint_id: run exactly there; else `policy` ("smallest-eta", the default,
+        "round-robin", "least-loaded", "fastest", "cheapest") picks among `endpoints` (default: all)
         those with `gpus` GPUs and `memory` bytes; `deadline` (s) is for "cheapest".
         `fail_fast`: raise NoEligibleEndpoint / EndpointOffline instead of holding a task
         that no online endpoint can run now. `walltime` (s) kills and fails it if it runs longer; `max_retries` is how
