@@ -12,7 +12,7 @@ seconds on one of --workers slots). Once all N are online:
 - ListEndpoints: how long one call takes with N endpoints;
 - run: --tasks no-op tasks submitted by this process through AsyncClient in
   batches of --batch, --in-flight batches at a time, no endpoint named (the
-  --policy, round-robin unless named, spreads them over all N). The rate is tasks/s
+  hub's default policy, smallest ETA, or --policy spreads them over all N). The rate is tasks/s
   from the first Submit to the last result; CPU of the hub, the simulator and
   this process (the client) over the same window, from psutil; hub RSS
   sampled every --sample seconds.
@@ -62,9 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(1: as the real agent does)")
     parser.add_argument("--tasks", type=int, default=30_000, help="tasks per endpoint count")
     parser.add_argument("--batch", type=int, default=1000, help="tasks per batch_run")
-    parser.add_argument("--policy", default="round-robin",
-                        help="routing policy for the no-ops (round-robin: the cheapest decision, "
-                             "so the rate measures dispatch; the hub's default is smallest-eta)")
+    parser.add_argument("--policy", default="",
+                        help="routing policy for the no-ops (default: the hub's, smallest-eta)")
     parser.add_argument("--in-flight", type=int, default=4, help="batches in flight at once")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="hub heartbeat period (s)")
     parser.add_argument("--idle", type=float, default=5.0,
@@ -449,7 +448,8 @@ def rows(points: list[Point]) -> list[dict[str, Any]]:
 def markdown(points: list[Point], payload: dict[str, Any]) -> str:
     a = payload["args"]
     lines = [f"# Scale: one hub, N simulated endpoints x {a['workers']} workers, "
-             f"{a['tasks']:,} no-op tasks ({a['batch']} per batch, {a['in_flight']} in flight), "
+             f"{a['tasks']:,} no-op tasks ({a['batch']} per batch, {a['in_flight']} in flight, "
+             f"policy {a.get('policy') or 'smallest-eta (default)'}), "
              f"runtime {a['runtime']} s, heartbeat {a['heartbeat']} s", "",
              f"{payload['when']}, {payload['machine']['cpus']} CPUs, Python "
              f"{payload['machine']['python']}, grpcio {payload['machine']['versions']['grpcio']}",
@@ -523,7 +523,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     points: list[Point] = []
     console.rule(f"scale: {', '.join(map(str, counts))} endpoints x {args.workers} workers, "
-                 f"{args.tasks:,} tasks each, {args.policy}")
+                 f"{args.tasks:,} tasks each, {args.policy or 'default policy'}")
     with Progress(TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[phase]:<10}"), TimeElapsedColumn(),
                   console=console) as progress:
