@@ -41,8 +41,18 @@ _FROM_TRANSPORT: dict[grpc.StatusCode, type[errors.FabricError]] = {
 }
 
 
+def error_kind(exc: errors.FabricError) -> str:
+    """The kind name sent for `exc` (in the trailer, or in band on a stream)."""
+    return exc.kind if exc.kind in _STATUS else "INTERNAL"
+
+
+def from_kind(kind: str, message: str) -> errors.FabricError:
+    """The FabricError for a kind sent in band."""
+    return errors.BY_KIND.get(kind, errors.FabricError)(message)
+
+
 def to_status(exc: errors.FabricError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-    kind = exc.kind if exc.kind in _STATUS else "INTERNAL"
+    kind = error_kind(exc)
     return _STATUS[kind], str(exc), ((ERROR_KEY, kind),)
 
 
@@ -68,7 +78,7 @@ def from_rpc_error(exc: grpc.RpcError, target: str = "") -> errors.FabricError:
     kind = _kind(exc)
     details = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
     if kind is not None:
-        return errors.BY_KIND.get(kind, errors.FabricError)(details)
+        return from_kind(kind, details)
     code = exc.code() if hasattr(exc, "code") else None  # type: ignore[attr-defined]
     cls = _FROM_TRANSPORT.get(code, errors.FabricError)  # type: ignore[arg-type]
     where = f" ({target})" if target else ""

@@ -137,6 +137,8 @@ def test_unknown_ids_get_precise_errors(client):
         client.get_result("no-such-task", timeout=5)
     with pytest.raises(errors.InvalidRequest, match="policy"):
         client.run(1, function_id=fid, policy="fastest-ever")
+    # Refusals come back in band on the client's submission stream, which stays usable.
+    assert client.get_result(client.run(1, 2, function_id=fid), timeout=30) == 3
 
 
 def test_function_from_another_python_fails_at_submission(client):

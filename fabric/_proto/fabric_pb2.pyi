@@ -138,10 +138,14 @@ class SubmitRequest(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[TaskSubmission, _Mapping]]] = ..., session_id: _Optional[str] = ..., policy: _Optional[str] = ..., fail_if_offline: _Optional[bool] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("task_ids",)
+    __slots__ = ("task_ids", "error_kind", "error_message")
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    error_kind: str
+    error_message: str
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., error_kind: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class GetResultsRequest(_message.Message):
     __slots__ = ("task_ids",)

@@ -44,6 +44,11 @@ class ClientServiceStub:
                 request_serializer=fabric_dot___proto_dot_fabric__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=fabric_dot___proto_dot_fabric__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/fabric.v1.ClientService/SubmitStream',
+                request_serializer=fabric_dot___proto_dot_fabric__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=fabric_dot___proto_dot_fabric__pb2.SubmitReply.FromString,
+                _registered_method=True)
         self.GetResults = channel.unary_unary(
                 '/fabric.v1.ClientService/GetResults',
                 request_serializer=fabric_dot___proto_dot_fabric__pb2.GetResultsRequest.SerializeToString,
@@ -92,6 +97,14 @@ class ClientServiceServicer:
 
     def Submit(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitStream(self, request_iterator, context):
+        """The same, as one long-lived stream per client: a reply per request, in
+        order. Saves the per-call cost of a unary RPC on every submission.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -148,6 +161,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
             ),
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
+                    request_deserializer=fabric_dot___proto_dot_fabric__pb2.SubmitRequest.FromString,
+                    response_serializer=fabric_dot___proto_dot_fabric__pb2.SubmitReply.SerializeToString,
+            ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
                     request_deserializer=fabric_dot___proto_dot_fabric__pb2.SubmitRequest.FromString,
                     response_serializer=fabric_dot___proto_dot_fabric__pb2.SubmitReply.SerializeToString,
             ),
@@ -239,6 +257,33 @@ class ClientService:
             request,
             target,
             '/fabric.v1.ClientService/Submit',
+            fabric_dot___proto_dot_fabric__pb2.SubmitRequest.SerializeToString,
+            fabric_dot___proto_dot_fabric__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fabric.v1.ClientService/SubmitStream',
             fabric_dot___proto_dot_fabric__pb2.SubmitRequest.SerializeToString,
             fabric_dot___proto_dot_fabric__pb2.SubmitReply.FromString,
             options,

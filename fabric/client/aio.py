@@ -5,9 +5,10 @@ session the first time it waits for anything, and every task submitted
 afterwards is tagged with the session so its result arrives on that stream.
 If the stream breaks (hub restart), it is reopened with the ids still pending.
 
-Submissions are coalesced: while one Submit call is in flight, new tasks
-gather and go out together in the next one. Task ids are chosen here, so a
-retried Submit is idempotent at the hub.
+Submissions are coalesced: while one Submit is in flight, new tasks gather
+and go out together in the next one. They travel on one SubmitStream per
+client (falling back to unary Submit calls while it is down). Task ids are
+chosen here, so a retried Submit is idempotent at the hub.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from fabric.client.results import is_final, outcome
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
 from fabric.serialize import dumps_args, dumps_function, function_name
 from fabric.states import TaskState
-from fabric.wire import from_rpc_error, is_transient
+from fabric.wire import from_kind, from_rpc_error, is_transient
 
 log = logging.getLogger("fabric.client")
 ResultListener = Callable[[pb.TaskResult], bool]
@@ -67,6 +68,10 @@ class AsyncClient:
         # Submission coalescing.
         self._outbox: list[tuple[pb.TaskSubmission, str, asyncio.Future[None] | None]] = []
         self._flushing = False
+        # Submissions go over one long-lived stream (a unary call costs ~3x a stream
+        # message); None until the first, and again after it broke.
+        self._submit_stream: Any = None
+        self._stream_supported = True
         self._closed = False
 
     # ------------------------------------------------------------ plumbing
@@ -101,6 +106,8 @@ class AsyncClient:
             except errors.FabricError:
                 pass
         self._closed = True
+        if self._submit_stream is not None:
+            self._submit_stream.cancel()
         if self._watch_task is not None:
             self._watch_task.cancel()
             try:
@@ -188,7 +195,7 @@ class AsyncClient:
         self._submitting.update(ids)
         if _TON: _trace(ids[0], 'c_rpc')
         try:
-            await self._call("Submit", req)
+            await self._send_submission(req)
             if _TON: _trace(ids[0], 'c_acked')
         except errors.FabricError as exc:
             self._submitting.difference_update(ids)
@@ -204,6 +211,29 @@ class AsyncClient:
         for i in items:
             if i[2] is not None and not i[2].done():
                 i[2].set_result(None)
+
+    async def _send_submission(self, req: pb.SubmitRequest) -> pb.SubmitReply:
+        """Over the submission stream while it is up; else, and to retry a request the
+        stream lost, the unary Submit (retried until the hub is back: ids make it
+        idempotent). Only the flush loop calls this, so requests never interleave."""
+        if self._submit_stream is None and self._stream_supported:
+            self._submit_stream = self.stub.SubmitStream()
+        call = self._submit_stream
+        if call is not None:
+            try:
+                await call.write(req)
+                reply = await call.read()
+            except (grpc.RpcError, asyncio.InvalidStateError) as exc:
+                if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self._stream_supported = False  # an older hub
+                reply = None
+            if reply is not None and reply is not grpc.aio.EOF:
+                if reply.error_kind:
+                    raise from_kind(reply.error_kind, reply.error_message)
+                return reply
+            self._submit_stream = None  # broken (hub restart): reopened on the next submission
+            call.cancel()
+        return await self._call("Submit", req)
 
     async def _drain_outbox(self) -> None:
         while self._outbox or self._flushing:

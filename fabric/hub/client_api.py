@@ -26,7 +26,7 @@ from fabric.hub.store import FunctionRow, TaskStore
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
 from fabric.serialize import function_id as make_function_id
 from fabric.states import TaskState
-from fabric.wire import to_status
+from fabric.wire import error_kind, to_status
 
 log = logging.getLogger("fabric.hub")
 
@@ -130,7 +130,22 @@ class ClientApi(pb_grpc.ClientServiceServicer):
     # ------------------------------------------------------------ tasks
     @_rpc
     async def Submit(self, request: pb.SubmitRequest, context: Any) -> pb.SubmitReply:
+        return await self._submit(request, self.principal(context))
+
+    async def SubmitStream(self, request_iterator: Any, context: Any) -> None:
+        """Submit, as one stream per client: each request is answered in order, a
+        refusal in band (error_kind), so one bad batch does not end the stream."""
         owner = self.principal(context)
+        async for request in request_iterator:
+            try:
+                reply = await self._submit(request, owner)
+            except errors.FabricError as exc:
+                reply = pb.SubmitReply(error_kind=error_kind(exc), error_message=str(exc))
+            except ValueError as exc:  # e.g. an unknown policy name
+                reply = pb.SubmitReply(error_kind=errors.InvalidRequest.kind, error_message=str(exc))
+            await context.write(reply)
+
+    async def _submit(self, request: pb.SubmitRequest, owner: str) -> pb.SubmitReply:
         if _TON: _trace(request.tasks[0].task_id, 'h_submit_in')
         check_ids([t.task_id for t in request.tasks], "task")
         policy = request.policy
