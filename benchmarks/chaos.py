@@ -35,65 +35,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import cloudpickle
 import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from benchmarks.common import machine, save
-
-# Endpoints import neither this module nor `benchmarks`: ship `mark` by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+from fabric.testing import Ledger, mark
 
 SCENARIOS = ("endpoint-kill", "hub-kill", "stall", "worker-kill")
 FAST_HEARTBEAT = ("--heartbeat", "0.2", "--heartbeat-misses", "2")  # the default threshold, fast
 FAULT_AT = 1 / 3  # inject the fault once this share of the tasks has run
 FINAL_STATES = (3, 4, 5)  # SUCCESS, FAILED, CANCELLED in protos/fabric.proto
 console = Console(width=None if sys.stdout.isatty() else 160)
-
-
-def mark(ledger: str, i: int, sleep_s: float = 0.0) -> int:
-    """The task: one O_APPEND line per execution, a short sleep, a value naming the input."""
-    import os
-    import time
-
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{i} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-    if sleep_s:
-        time.sleep(sleep_s)
-    return 3 * i + 1
-
-
-# ---------------------------------------------------------------- the books
-class Ledger:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._size = 0
-        self._lines = 0
-
-    def count(self) -> int:
-        """Executions so far (reads only what was appended since the last call)."""
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._size)
-                chunk = f.read()
-        except FileNotFoundError:
-            return 0
-        end = chunk.rfind(b"\n") + 1
-        self._size += end
-        self._lines += chunk[:end].count(b"\n")
-        return self._lines
-
-    def by_input(self) -> dict[int, int]:
-        runs: dict[int, int] = {}
-        for line in self.path.read_text().split("\n")[:-1]:
-            i = int(line.split()[0])
-            runs[i] = runs.get(i, 0) + 1
-        return runs
 
 
 class Deliveries:
@@ -300,7 +254,7 @@ class Run:
         out.duplicated = self.books.duplicated()
         out.repushed = self.books.pushes - self.books.distinct
         runs = self.ledger.by_input()
-        out.executions = sum(runs.values())
+        out.executions = sum(map(len, runs.values()))
         out.reexecutions = out.executions - len(runs)
         out.never_ran = sum(1 for i, r in zip(inputs, final) if isinstance(r, int) and i not in runs)
         out.counters = counters(self.client)

@@ -26,7 +26,6 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable
 
 import cloudpickle
@@ -38,6 +37,7 @@ from fabric.client import Client
 from fabric.launch import (Child, LocalFabric, spawn_command, start_endpoint, start_hub,
                            stop_all)
 from fabric.states import TaskState
+from fabric.testing import Ledger, mark, value_of
 
 # Workers cannot import this module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -49,25 +49,6 @@ FAST_HEARTBEAT = ("--heartbeat", "0.2", "--heartbeat-misses", "3")
 
 
 # ---------------------------------------------------------------- what the workers run
-def mark(ledger: str, i: int, sleep_s: float = 0.0) -> int:
-    """Record this execution, then (optionally) work a little; the value names the input."""
-    import os
-    import time
-
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{i} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-    if sleep_s:
-        time.sleep(sleep_s)
-    return value_of(i)
-
-
-def value_of(i: int) -> int:
-    return 3 * i + 1
-
-
 def perish(how: str, once_marker: str | None = None) -> str:
     """Kill the worker running this task, the way `how` says. With `once_marker`, only
     the first attempt dies (it creates the marker before dying); a retry survives."""
@@ -89,33 +70,6 @@ def perish(how: str, once_marker: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------- observing
-class Ledger:
-    """The file `mark` appends to: one "<input> <pid>" line per execution."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-    def runs(self) -> list[tuple[int, int]]:
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return []
-        lines = text.split("\n")[:-1]  # a line still being written has no newline yet
-        return [(int(a), int(b)) for a, b in (line.split() for line in lines)]
-
-    def count(self) -> int:
-        return len(self.runs())
-
-    def by_input(self) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for i, pid in self.runs():
-            out.setdefault(i, []).append(pid)
-        return out
-
-
 class Deliveries:
     """What the client accepts as each task's outcome (its `result_observer` hook).
 

@@ -1,0 +1,76 @@
+"""Tools to check a fabric's delivery guarantees, shared by the fault tests and
+the chaos benchmark.
+
+`mark` is a task that appends one line per execution to a ledger file (with
+O_APPEND, so concurrent workers never interleave a line); `Ledger` reads it
+back. Comparing the ledger with the results a client received tells lost
+tasks (no result), re-executions (two lines for one input) and duplicates
+(two different results for one task) apart. Workers import this module by
+reference: it ships with fabric.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def mark(ledger: str, i: int, sleep_s: float = 0.0) -> int:
+    """Record this execution, then (optionally) work a little; the value names the input."""
+    import os
+    import time
+
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{i} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    if sleep_s:
+        time.sleep(sleep_s)
+    return value_of(i)
+
+
+def value_of(i: int) -> int:
+    """What `mark(ledger, i)` returns."""
+    return 3 * i + 1
+
+
+class Ledger:
+    """The file `mark` appends to: one "<input> <pid>" line per execution."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._size = 0  # bytes already counted by count()
+        self._lines = 0
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def runs(self) -> list[tuple[int, int]]:
+        """Every (input, worker pid) so far."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        lines = text.split("\n")[:-1]  # a line still being written has no newline yet
+        return [(int(a), int(b)) for a, b in (line.split() for line in lines)]
+
+    def count(self) -> int:
+        """Executions so far; reads only what was appended since the last call, so it
+        is cheap to poll while tens of thousands of tasks run."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._size)
+                chunk = f.read()
+        except FileNotFoundError:
+            return 0
+        end = chunk.rfind(b"\n") + 1
+        self._size += end
+        self._lines += chunk[:end].count(b"\n")
+        return self._lines
+
+    def by_input(self) -> dict[int, list[int]]:
+        """The worker pids each input ran in, one per execution."""
+        out: dict[int, list[int]] = {}
+        for i, pid in self.runs():
+            out.setdefault(i, []).append(pid)
+        return out
