@@ -264,8 +264,9 @@ class Endpoint:
             if time.monotonic() - self._last_heard > silent_after:
                 raise ConnectionError(f"hub silent for {silent_after:.1f}s")
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=period)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(period):  # not wait_for: no extra task per wake
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             msg = pb.EndpointMessage()

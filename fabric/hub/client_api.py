@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fabric.worker.trace import ON as _TON, trace as _trace
 
+import asyncio
 import functools
 import json
 import logging
@@ -143,6 +144,9 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 reply = pb.SubmitReply(error_kind=error_kind(exc), error_message=str(exc))
             except ValueError as exc:  # e.g. an unknown policy name
                 reply = pb.SubmitReply(error_kind=errors.InvalidRequest.kind, error_message=str(exc))
+            # Let the links' writers send the new tasks first: a result, not the ack,
+            # is what the caller waits for.
+            await asyncio.sleep(0)
             await context.write(reply)
 
     async def _submit(self, request: pb.SubmitRequest, owner: str) -> pb.SubmitReply:
