@@ -23,21 +23,19 @@ LISTENING = re.compile(r"listening on (\S+:\d+)")
 ROOT = Path(__file__).resolve().parents[1]
 #: The user LocalFabric's tokens are issued to (and who owns what its endpoints run).
 LOCAL_USER = "local"
-#: Simulated endpoints started against a launched hub are named SIM_PREFIX-00000...
-SIM_PREFIX = "sim"
 
 
 def provision_tokens(store: str | Path, home: str | Path | None) -> str:
     """Tokens for a hub this process starts (auth is on): a user token, returned and
-    written to HOME/token, and a fleet token for simulated endpoints (sim-*) in
-    HOME/endpoint-token, so clients and simulators started with FABRIC_HOME=HOME
-    find them. Created with the hub's own key, before or after it started."""
+    written to HOME/token, and an endpoint token for any endpoint name of that user
+    (a fleet token, "*") in HOME/endpoint-token, so clients, endpoints and simulators
+    started with FABRIC_HOME=HOME find them. Made with the hub's own key."""
     from fabric.credentials import save_token
     from fabric.hub.tokens import TokenBook
 
     with TokenBook(store) as book:
         user, _ = book.create(LOCAL_USER, "user", ttl_s=7 * 86400)
-        fleet, _ = book.create(LOCAL_USER, "endpoint", f"{SIM_PREFIX}-*", ttl_s=7 * 86400)
+        fleet, _ = book.create(LOCAL_USER, "endpoint", "*", ttl_s=7 * 86400)
     if home is not None:
         save_token(user, Path(home) / "token")
         save_token(fleet, Path(home) / "endpoint-token")

@@ -72,7 +72,7 @@ class Guard(grpc.aio.ServerInterceptor):
 
     # ------------------------------------------------------------ per call
     def authenticate(self, method: str, metadata: Any) -> Principal:
-        if self.tokens is None:
+        if self.tokens is None:  # --no-auth
             return NO_AUTH
         token = bearer(metadata)
         if not token:
@@ -81,6 +81,11 @@ class Guard(grpc.aio.ServerInterceptor):
         p = self.tokens.verify(token)
         if p.jti in self.revoked:
             raise errors.AuthError("token revoked")
+        return p
+
+    @staticmethod
+    def check_kind(method: str, p: Principal) -> None:
+        """Endpoint tokens for endpoint streams only; user and admin tokens for the rest."""
         service = method[1:].split("/", 1)[0]
         if service == ENDPOINT_SERVICE and p.kind != "endpoint":
             raise errors.PermissionDenied(
@@ -88,18 +93,19 @@ class Guard(grpc.aio.ServerInterceptor):
                 "(fabric token create --kind endpoint --endpoint NAME)")
         if service != ENDPOINT_SERVICE and p.kind == "endpoint":
             raise errors.PermissionDenied("an endpoint token can only connect its endpoint")
-        return p
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None or details.method in PUBLIC_METHODS:
             return handler
+        p = None
         try:
             p = self.authenticate(details.method, details.invocation_metadata)
+            self.check_kind(details.method, p)
         except errors.FabricError as exc:
             self.refused += 1
-            return _refusal(handler, details.method, exc)
+            return _refusal(handler, details.method, exc, p)
         return self._bind(handler, p)
 
     # ------------------------------------------------------------ revocation
@@ -119,6 +125,10 @@ class Guard(grpc.aio.ServerInterceptor):
 
     def _bind(self, handler: Any, p: Principal) -> Any:
         """The same handler, run with `caller()` = p (streams also tracked for revocation)."""
+        if not handler.request_streaming:
+            # Requests arrive as bytes and are parsed here, so that a malformed frame is
+            # an INVALID_ARGUMENT naming the message (gRPC itself would say INTERNAL).
+            handler = _parse_here(handler)
         if not handler.request_streaming and not handler.response_streaming:
             inner = handler.unary_unary
 
@@ -175,18 +185,53 @@ class Guard(grpc.aio.ServerInterceptor):
                 del self._streams[p.jti]
 
 
+def _parse_here(handler: Any) -> Any:
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+    field = "unary_stream" if handler.response_streaming else "unary_unary"
+    inner = getattr(handler, field)
+    what = getattr(getattr(parse, "__self__", None), "__name__", "request")
+
+    async def invalid(context: Any, exc: Exception) -> None:
+        code, details, trailers = to_status(errors.InvalidRequest(f"malformed {what}: {exc}"))
+        context.set_trailing_metadata(trailers)
+        await context.abort(code, details)
+
+    if inspect.isasyncgenfunction(inner):
+        async def parsed_gen(raw: bytes, context: Any) -> Any:
+            try:
+                request = parse(raw)
+            except Exception as exc:  # noqa: BLE001 - DecodeError and kin
+                await invalid(context, exc)
+            async for item in inner(request, context):
+                yield item
+
+        behaviour: Any = parsed_gen
+    else:
+        async def parsed(raw: bytes, context: Any) -> Any:
+            try:
+                request = parse(raw)
+            except Exception as exc:  # noqa: BLE001 - DecodeError and kin
+                await invalid(context, exc)
+            return await inner(request, context)
+
+        behaviour = parsed
+    return handler._replace(request_deserializer=None, **{field: behaviour})
+
+
 async def _abort_revoked(context: Any) -> None:
     code, details, trailers = to_status(errors.AuthError("token revoked"))
     context.set_trailing_metadata(trailers)
     await context.abort(code, details)
 
 
-def _refusal(handler: Any, method: str, exc: errors.FabricError) -> Any:
+def _refusal(handler: Any, method: str, exc: errors.FabricError, p: Principal | None) -> Any:
     """A handler of the same shape that logs the refusal and ends the call with its code."""
     code, details, trailers = to_status(exc)
 
     async def refuse(request: Any, context: Any) -> Any:
-        audit_refusal(context.peer(), method, exc)
+        audit_refusal(context.peer(), method, exc, p)
         context.set_trailing_metadata(trailers)
         await context.abort(code, details)
 

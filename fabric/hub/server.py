@@ -83,12 +83,13 @@ class Hub:
         await self.store.open()
         await self._reload()
         self.access.load(await self.store.shares())
-        interceptors = []
         if cfg.auth:
             key = await asyncio.to_thread(SigningKey.load_or_create, key_path(cfg.store_path))
             self.guard = Guard(VerifiedTokens(key))
             self.guard.revoke((await asyncio.to_thread(self._revoked_since, 0.0))[0])
-            interceptors.append(self.guard)
+        else:
+            self.guard = Guard(None)
+        interceptors = [self.guard]
         limit = cfg.max_payload + 16 * 1024 * 1024
         self._server = grpc.aio.server(interceptors=interceptors, options=[
             *config.grpc_options(limit),
@@ -116,7 +117,7 @@ class Hub:
         self._background = [asyncio.create_task(self._watch_links()),
                             asyncio.create_task(self._reconcile_after_restart()),
                             asyncio.create_task(self._purge_forever())]
-        if self.guard is not None:
+        if cfg.auth:
             self._background.append(asyncio.create_task(self._watch_revocations()))
         log.info("hub listening on %s (store %s)", self.address, cfg.store_path)
         return self
