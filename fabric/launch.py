@@ -21,6 +21,38 @@ from typing import IO, Any, Sequence
 
 LISTENING = re.compile(r"listening on (\S+:\d+)")
 ROOT = Path(__file__).resolve().parents[1]
+#: The user LocalFabric's tokens are issued to (and who owns what its endpoints run).
+LOCAL_USER = "local"
+
+
+def provision_tokens(store: str | Path, home: str | Path | None) -> str:
+    """Tokens for a hub this process starts (auth is on): a user token, returned and
+    written to HOME/token, and an endpoint token for any endpoint name of that user
+    (a fleet token, "*") in HOME/endpoint-token, so clients, endpoints and simulators
+    started with FABRIC_HOME=HOME find them. Made with the hub's own key."""
+    from fabric.credentials import save_token
+    from fabric.hub.tokens import TokenBook
+
+    with TokenBook(store) as book:
+        user, _ = book.create(LOCAL_USER, "user", ttl_s=7 * 86400)
+        fleet, _ = book.create(LOCAL_USER, "endpoint", "*", ttl_s=7 * 86400)
+    if home is not None:
+        save_token(user, Path(home) / "token")
+        save_token(fleet, Path(home) / "endpoint-token")
+    return user
+
+
+def provision_endpoint_token(store: str | Path, home: str | Path, name: str) -> None:
+    """An endpoint token for endpoint `name`, where it looks first (its state dir)."""
+    from fabric.credentials import save_token
+    from fabric.hub.tokens import TokenBook
+
+    path = Path(home) / "endpoints" / name / "token"
+    if path.exists():
+        return
+    with TokenBook(store) as book:
+        tok, _ = book.create(LOCAL_USER, "endpoint", name, ttl_s=7 * 86400)
+    save_token(tok, path)
 
 
 @dataclass
@@ -153,7 +185,11 @@ def spawn(name: str, *args: str, env: dict[str, str] | None = None,
 def start_hub(store: str | Path, *extra: str, port: int = 0, timeout: float = 30.0,
               env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> tuple[Child, str]:
     """Start a hub (on 127.0.0.1 unless `extra` says `--host`); returns the process and
-    the address it bound."""
+    the address it bound. Unless `extra` has --no-auth, tokens are made for it (see
+    `provision_tokens`), and clients in this process use the user token for it."""
+    from fabric.credentials import remember
+
+    token = "" if "--no-auth" in extra else provision_tokens(store, (env or {}).get("FABRIC_HOME"))
     child = spawn("hub", "hub", "--port", str(port), "--store", str(store), *extra, env=env,
                   prefix=prefix)
     try:
@@ -161,6 +197,8 @@ def start_hub(store: str | Path, *extra: str, port: int = 0, timeout: float = 30
     except BaseException:
         child.kill()
         raise
+    if token:
+        remember(address, token)
     return child, address
 
 
@@ -254,6 +292,8 @@ class LocalFabric:
             self.retired.append(old)
         if name not in self.names:
             self.names.append(name)
+        if "--no-auth" not in self.hub_args:
+            provision_endpoint_token(self.store, self.home, name)
         child = start_endpoint(name, self.address, self.workers, *self.endpoint_args, *extra,
                                env=self.env)
         self.endpoints[name] = child

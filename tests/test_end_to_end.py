@@ -184,8 +184,9 @@ def test_fire_and_forget_across_processes(fabric_procs, client):
             fid = c.register_function(square)
             print(" ".join(c.batch_run(fid, [((i,), {{}}) for i in range(50)])))
     """)
+    # Another process: it finds its token where LocalFabric left it ($FABRIC_HOME/token).
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, check=True)
+                         timeout=60, check=True, env={**os.environ, **fabric_procs.env})
     tids = out.stdout.split()
     assert len(tids) == 50
     # The submitting process is gone; a new client collects by id.
@@ -204,7 +205,7 @@ def test_cli_shows_endpoints_tasks_and_status(fabric_procs):
     def fabric(*args):
         return subprocess.run([sys.executable, "-m", "fabric", *args, "--hub", fabric_procs.address],
                               capture_output=True, text=True, timeout=60, env={**os.environ,
-                              "COLUMNS": "200"})
+                              **fabric_procs.env, "COLUMNS": "200"})
 
     out = fabric("endpoints")
     assert out.returncode == 0, out.stderr

@@ -9,6 +9,7 @@ slots, runtime and cancel.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from pathlib import Path
@@ -18,7 +19,9 @@ import pytest
 from benchmarks.common import noop
 from fabric.client import AsyncClient, Client
 from fabric.endpoint.simulated import SimulatedEndpoint, Simulation
+from fabric.credentials import remember
 from fabric.hub.server import Hub, HubConfig
+from fabric.hub.tokens import TokenBook
 from fabric.launch import spawn, start_hub, stop_all
 from fabric.loop import run
 
@@ -67,12 +70,22 @@ def test_fifty_simulated_endpoints_in_one_process(tmp_path: Path) -> None:
 def _in_process(tmp_path: Path, body) -> None:
     """Run `body(hub_address)` on one loop with a hub listening on 127.0.0.1:0."""
 
+    store = tmp_path / "hub.db"
+    with TokenBook(store) as book:  # auth is on: a user token, and one for any endpoint name
+        user, _ = book.create("local")
+        fleet, _ = book.create("local", "endpoint", "*")
+
     async def main() -> None:
-        cfg = HubConfig(port=0, store_path=str(tmp_path / "hub.db"), heartbeat_period=1.0)
+        cfg = HubConfig(port=0, store_path=str(store), heartbeat_period=1.0)
         async with Hub(cfg) as hub:
+            remember(hub.address, user)
             await asyncio.wait_for(body(hub.address), 20)
 
-    run(main())
+    os.environ["FABRIC_ENDPOINT_TOKEN"] = fleet
+    try:
+        run(main())
+    finally:
+        del os.environ["FABRIC_ENDPOINT_TOKEN"]
 
 
 def test_slots_bound_concurrency_and_runtime_is_reported(tmp_path: Path) -> None:

@@ -339,17 +339,49 @@ class StatusReply(_message.Message):
     counters: _containers.ScalarMap[str, int]
     def __init__(self, version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., endpoints_online: _Optional[int] = ..., endpoints_total: _Optional[int] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., functions: _Optional[int] = ..., store_path: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
+class ShareRequest(_message.Message):
+    __slots__ = ("kind", "ref", "users", "revoke")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    ref: str
+    users: _containers.RepeatedScalarFieldContainer[str]
+    revoke: bool
+    def __init__(self, kind: _Optional[str] = ..., ref: _Optional[str] = ..., users: _Optional[_Iterable[str]] = ..., revoke: _Optional[bool] = ...) -> None: ...
+
+class ShareReply(_message.Message):
+    __slots__ = ("users",)
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, users: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthReply(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
 class Hello(_message.Message):
-    __slots__ = ("name", "capabilities", "held_task_ids", "fabric_version")
+    __slots__ = ("name", "capabilities", "held_task_ids", "fabric_version", "allow_functions", "allow_owners")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     HELD_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     FABRIC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_OWNERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     capabilities: Capabilities
     held_task_ids: _containers.RepeatedScalarFieldContainer[str]
     fabric_version: str
-    def __init__(self, name: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., held_task_ids: _Optional[_Iterable[str]] = ..., fabric_version: _Optional[str] = ...) -> None: ...
+    allow_functions: _containers.RepeatedScalarFieldContainer[str]
+    allow_owners: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., held_task_ids: _Optional[_Iterable[str]] = ..., fabric_version: _Optional[str] = ..., allow_functions: _Optional[_Iterable[str]] = ..., allow_owners: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("load", "free_slots", "queued", "sent_at", "echo")

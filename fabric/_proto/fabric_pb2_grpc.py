@@ -84,6 +84,16 @@ class ClientServiceStub:
                 request_serializer=fabric_dot___proto_dot_fabric__pb2.StatusRequest.SerializeToString,
                 response_deserializer=fabric_dot___proto_dot_fabric__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Share = channel.unary_unary(
+                '/fabric.v1.ClientService/Share',
+                request_serializer=fabric_dot___proto_dot_fabric__pb2.ShareRequest.SerializeToString,
+                response_deserializer=fabric_dot___proto_dot_fabric__pb2.ShareReply.FromString,
+                _registered_method=True)
+        self.Health = channel.unary_unary(
+                '/fabric.v1.ClientService/Health',
+                request_serializer=fabric_dot___proto_dot_fabric__pb2.HealthRequest.SerializeToString,
+                response_deserializer=fabric_dot___proto_dot_fabric__pb2.HealthReply.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -151,6 +161,20 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Share(self, request, context):
+        """Share an endpoint or function you own with other users (or stop sharing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Health(self, request, context):
+        """Liveness; the one call that needs no token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +227,16 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=fabric_dot___proto_dot_fabric__pb2.StatusRequest.FromString,
                     response_serializer=fabric_dot___proto_dot_fabric__pb2.StatusReply.SerializeToString,
+            ),
+            'Share': grpc.unary_unary_rpc_method_handler(
+                    servicer.Share,
+                    request_deserializer=fabric_dot___proto_dot_fabric__pb2.ShareRequest.FromString,
+                    response_serializer=fabric_dot___proto_dot_fabric__pb2.ShareReply.SerializeToString,
+            ),
+            'Health': grpc.unary_unary_rpc_method_handler(
+                    servicer.Health,
+                    request_deserializer=fabric_dot___proto_dot_fabric__pb2.HealthRequest.FromString,
+                    response_serializer=fabric_dot___proto_dot_fabric__pb2.HealthReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -475,6 +509,60 @@ class ClientService:
             '/fabric.v1.ClientService/Status',
             fabric_dot___proto_dot_fabric__pb2.StatusRequest.SerializeToString,
             fabric_dot___proto_dot_fabric__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Share(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fabric.v1.ClientService/Share',
+            fabric_dot___proto_dot_fabric__pb2.ShareRequest.SerializeToString,
+            fabric_dot___proto_dot_fabric__pb2.ShareReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Health(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fabric.v1.ClientService/Health',
+            fabric_dot___proto_dot_fabric__pb2.HealthRequest.SerializeToString,
+            fabric_dot___proto_dot_fabric__pb2.HealthReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@
     fabric endpoint start laptop --hub 127.0.0.1:50051 --workers 4
     fabric endpoint simulate --hub 127.0.0.1:50051 --count 1000 --workers 10
     fabric endpoints | fabric tasks | fabric status
+    fabric token create --user alice | fabric endpoint share laptop --with bob
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import click
 
 from fabric import __version__, config
 
+from fabric.cli.access import endpoint_share, function, token
 from fabric.cli.views import HUB_OPTION, endpoints, status, tasks
 
 
@@ -48,15 +50,37 @@ def main() -> None:
               type=click.FloatRange(min=0), help="seconds to keep results after a client got them")
 @click.option("--max-age", default=config.DEFAULT_MAX_AGE_S, show_default=True,
               type=click.FloatRange(min=0), help="seconds to keep results nobody collected")
+@click.option("--no-auth", is_flag=True,
+              help="local experiments only: no tokens, everything belongs to one user; "
+                   "loopback only")
+@click.option("--tls-cert", default="", help="PEM certificate chain: serve TLS (with --tls-key)")
+@click.option("--tls-key", default="", help="PEM private key of --tls-cert")
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def hub(host: str, port: int, store_path: str | None, max_payload: int, heartbeat: float,
-        heartbeat_misses: int, retention: float, max_age: float, verbose: int) -> None:
-    """Run a hub in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
+        heartbeat_misses: int, retention: float, max_age: float, no_auth: bool, tls_cert: str,
+        tls_key: str, verbose: int) -> None:
+    """Run a hub in the foreground (Ctrl-C or SIGTERM stops it cleanly).
+
+    Every call needs a token (`fabric token create`), unless --no-auth."""
+    from fabric.credentials import is_loopback
     from fabric.hub import HubConfig, run_hub
 
     _logging(verbose)
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if no_auth and not is_loopback(host):
+        raise click.UsageError(f"--no-auth binds loopback only, not {host}")
+    if no_auth:
+        logging.getLogger("fabric.hub").warning(
+            "--no-auth: ANY local process can run code as this hub's single user; "
+            "for local experiments only")
+    if not tls_cert and not is_loopback(host):
+        logging.getLogger("fabric.hub").warning(
+            "!!! listening on %s WITHOUT TLS: tokens, functions and results cross the network "
+            "in the clear. Use --tls-cert/--tls-key. !!!", host)
     cfg = HubConfig(host=host, port=port, max_payload=max_payload, heartbeat_period=heartbeat,
-                    heartbeat_misses=heartbeat_misses, retention_s=retention, max_age_s=max_age)
+                    heartbeat_misses=heartbeat_misses, retention_s=retention, max_age_s=max_age,
+                    auth=not no_auth, tls_cert=tls_cert, tls_key=tls_key)
     if store_path:
         cfg.store_path = store_path
     run_hub(cfg)
@@ -89,10 +113,21 @@ def endpoint() -> None:
               help="cost of a core-hour here (any currency), for the cheapest policy")
 @click.option("--slowdown", default=1.0, show_default=True, type=click.FloatRange(min=1),
               help="testing: every task takes this many times as long (a slower machine)")
+@click.option("--token", default=None,
+              help="endpoint token  [default: $FABRIC_ENDPOINT_TOKEN, else STATE_DIR/token, "
+                   "else ~/.fabric/endpoint-token]")
+@click.option("--tls-ca", default=None, help="CA certificate (PEM) to verify a TLS hub "
+                                             "[default: $FABRIC_TLS_CA]")
+@click.option("--allow-function", "allow_functions", multiple=True,
+              help="run only this function id (repeatable; with --allow-owner: either)")
+@click.option("--allow-owner", "allow_owners", multiple=True,
+              help="run only functions registered by this user (repeatable)")
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def endpoint_start(name: str, hub: str, workers: int, prefetch: int, max_retries: int,
                    heartbeat_misses: int, drain_timeout: float, state_dir: str | None,
-                   speed: float, cost: float, slowdown: float, verbose: int) -> None:
+                   speed: float, cost: float, slowdown: float, token: str | None,
+                   tls_ca: str | None, allow_functions: tuple[str, ...],
+                   allow_owners: tuple[str, ...], verbose: int) -> None:
     """Start endpoint NAME in the foreground; it dials out to the hub and reconnects.
 
     SIGTERM (or `fabric endpoint stop NAME`) drains it: no new tasks, unstarted
@@ -105,7 +140,8 @@ def endpoint_start(name: str, hub: str, workers: int, prefetch: int, max_retries
     _exit_on_error(run_endpoint, EndpointConfig(
         name=name, hub=hub, workers=workers, prefetch=prefetch, max_retries=max_retries,
         heartbeat_misses=heartbeat_misses, drain_timeout_s=drain_timeout, state_dir=state_dir,
-        relative_speed=speed, cost_per_core_hour=cost, slowdown=slowdown))
+        relative_speed=speed, cost_per_core_hour=cost, slowdown=slowdown, token=token,
+        tls_ca=tls_ca, allow_functions=allow_functions, allow_owners=allow_owners))
 
 
 @endpoint.command("stop")
@@ -138,10 +174,13 @@ def endpoint_stop(name: str, timeout: float, state_dir: str | None) -> None:
               help="share K connections among all streams (0: one connection per endpoint)")
 @click.option("--connect-timeout", default=120.0, show_default=True,
               type=click.FloatRange(min=1), help="seconds for all of them to connect")
+@click.option("--token", default=None,
+              help="endpoint token for PREFIX-* [default: $FABRIC_ENDPOINT_TOKEN, else "
+                   "~/.fabric/endpoint-token]")
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def endpoint_simulate(hub: str, count: int, workers: int, runtime: float, prefetch: int,
                       min_grant: int, prefix: str, channels: int, connect_timeout: float,
-                      verbose: int) -> None:
+                      token: str | None, verbose: int) -> None:
     """Run --count simulated endpoints in this process, for benchmarks: the real
     protocol, one stream each, no worker processes; each task takes --runtime seconds
     on one of --workers slots and returns None. SIGTERM/SIGINT drains them."""
@@ -154,7 +193,7 @@ def endpoint_simulate(hub: str, count: int, workers: int, runtime: float, prefet
         logging.getLogger("fabric").setLevel(logging.WARNING)
     try:
         simulate(hub, count, workers, runtime, prefetch=prefetch, min_grant=min_grant,
-                 prefix=prefix, channels=channels, connect_timeout=connect_timeout)
+                 prefix=prefix, channels=channels, connect_timeout=connect_timeout, token=token)
     except TimeoutError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -170,6 +209,9 @@ def _exit_on_error(fn: Any, *args: Any) -> Any:
         sys.exit(1)
 
 
+endpoint.add_command(endpoint_share)
+main.add_command(token)
+main.add_command(function)
 main.add_command(endpoints)
 main.add_command(tasks)
 main.add_command(status)

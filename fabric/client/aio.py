@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import grpc
 
-from fabric import config, errors
+from fabric import config, credentials, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.client.results import is_final, outcome
@@ -43,8 +43,12 @@ CACHE_RESULTS = 10_000
 
 class AsyncClient:
     def __init__(self, address: str = config.DEFAULT_HUB_ADDRESS, *,
-                 retry_timeout: float = 30.0, policy: str = "") -> None:
+                 retry_timeout: float = 30.0, policy: str = "", token: str | None = None,
+                 tls_ca: str | None = None) -> None:
         self.address = address
+        # Sent with every call; see fabric.credentials for where it is looked up.
+        self._metadata = credentials.metadata(credentials.client_token(address, token))
+        self.tls_ca = tls_ca
         self.retry_timeout = retry_timeout
         self.policy = policy
         self.session_id = "s-" + uuid.uuid4().hex
@@ -80,7 +84,7 @@ class AsyncClient:
         if self._closed:
             raise errors.FabricError("client is closed")
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=config.grpc_options())
+            self._channel = credentials.open_channel(self.address, tls_ca=self.tls_ca)
             self._stub = pb_grpc.ClientServiceStub(self._channel)
         return self._stub
 
@@ -90,7 +94,8 @@ class AsyncClient:
         delay = 0.05
         while True:
             try:
-                return await getattr(self.stub, method)(request, timeout=timeout)
+                return await getattr(self.stub, method)(request, timeout=timeout,
+                                                        metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
                 if not is_transient(exc) or time.monotonic() + delay > deadline:
                     raise from_rpc_error(exc, self.address) from None
@@ -217,7 +222,7 @@ class AsyncClient:
         stream lost, the unary Submit (retried until the hub is back: ids make it
         idempotent). Only the flush loop calls this, so requests never interleave."""
         if self._submit_stream is None and self._stream_supported:
-            self._submit_stream = self.stub.SubmitStream()
+            self._submit_stream = self.stub.SubmitStream(metadata=self._metadata)
         call = self._submit_stream
         if call is not None:
             try:
@@ -379,7 +384,8 @@ class AsyncClient:
         while not self._closed:
             try:
                 call = self.stub.Watch(pb.WatchRequest(session_id=self.session_id,
-                                                       task_ids=list(self._watched)))
+                                                       task_ids=list(self._watched)),
+                                        metadata=self._metadata)
                 async for batch in call:
                     if not ready.done():
                         ready.set_result(None)
@@ -417,6 +423,13 @@ class AsyncClient:
         reply = await self._call("ListTasks", pb.ListTasksRequest(
             limit=limit, state=int(state) if state else 0, endpoint=endpoint or ""))
         return [TaskInfo.from_proto(t) for t in reply.tasks]
+
+    async def share(self, kind: str, ref: str, users: Sequence[str], revoke: bool = False) -> list[str]:
+        """Share an endpoint (id or name) or function (id) you own with `users`
+        (or stop sharing, with `revoke`); returns everyone it is shared with now."""
+        reply = await self._call("Share", pb.ShareRequest(kind=kind, ref=ref, users=list(users),
+                                                          revoke=revoke))
+        return list(reply.users)
 
     async def status(self) -> HubStatus:
         return HubStatus.from_proto(await self._call("Status", pb.StatusRequest()))

@@ -29,13 +29,13 @@ class Client:
     """
 
     def __init__(self, address: str = config.DEFAULT_HUB_ADDRESS, *, retry_timeout: float = 30.0,
-                 policy: str = "") -> None:
+                 policy: str = "", token: str | None = None, tls_ca: str | None = None) -> None:
         self.address = address
         self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fabric-client",
                                         daemon=True)
         self._thread.start()
-        self.aio: AsyncClient = self._call(_make_async(address, retry_timeout, policy))
+        self.aio: AsyncClient = self._call(_make_async(address, retry_timeout, policy, token, tls_ca))
         self._closed = False
 
     # ------------------------------------------------------------ plumbing
@@ -119,6 +119,10 @@ class Client:
               endpoint: str | None = None) -> list[TaskInfo]:
         return self._call(self.aio.tasks(limit, state, endpoint))
 
+    def share(self, kind: str, ref: str, users: Sequence[str], revoke: bool = False) -> list[str]:
+        """Share an endpoint (id or name) or a function (id) you own with other users."""
+        return self._call(self.aio.share(kind, ref, users, revoke))
+
     def status(self) -> HubStatus:
         return self._call(self.aio.status())
 
@@ -126,6 +130,8 @@ class Client:
         return self._call(self.aio.wait_for_endpoints(count, timeout))
 
 
-async def _make_async(address: str, retry_timeout: float, policy: str) -> AsyncClient:
+async def _make_async(address: str, retry_timeout: float, policy: str, token: str | None,
+                      tls_ca: str | None) -> AsyncClient:
     # Created on the loop thread so its asyncio objects bind to that loop.
-    return AsyncClient(address, retry_timeout=retry_timeout, policy=policy)
+    return AsyncClient(address, retry_timeout=retry_timeout, policy=policy, token=token,
+                       tls_ca=tls_ca)

@@ -20,7 +20,7 @@ def run_endpoint(cfg: EndpointConfig) -> None:
     SIGTERM or SIGINT drains it (the graceful stop); a second one stops it at once."""
     from fabric.loop import run
 
-    async def main() -> None:
+    async def main() -> int:
         ep = Endpoint(cfg)
         loop = asyncio.get_running_loop()
 
@@ -36,9 +36,15 @@ def run_endpoint(cfg: EndpointConfig) -> None:
         print(f"fabric endpoint {cfg.name} started: {cfg.workers} workers, hub {cfg.hub}, "
               f"pid {os.getpid()}, state {ep.state.path}", flush=True)
         await ep.wait_closed()
+        if ep.refused:
+            print(f"fabric endpoint {cfg.name} stopped: the hub refused its token: {ep.refused}",
+                  flush=True)
+            return 1
         print(f"fabric endpoint {cfg.name} stopped", flush=True)
+        return 0
 
-    run(main())
+    if run(main()):
+        raise SystemExit(1)
 
 
 def stop_endpoint(name: str, timeout: float = 60.0, state_dir: str | None = None) -> int:

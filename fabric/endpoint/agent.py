@@ -29,13 +29,13 @@ from typing import Any
 
 import grpc
 
-from fabric import __version__, config
+from fabric import __version__, config, credentials
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.endpoint.capabilities import detect, load_per_core
 from fabric.endpoint.outbox import Outbox, StateDir
 from fabric.endpoint.pool import WorkerPool
-from fabric.models import error_to_proto
+from fabric.models import ErrorInfo, error_to_proto
 from fabric.worker.runtime import WorkItem, WorkResult
 
 log = logging.getLogger("fabric.endpoint")
@@ -57,6 +57,12 @@ class EndpointConfig:
     slowdown: float = 1.0  # benchmarks/tests: make every task take this many times as long
     reconnect_min_s: float = 0.05
     reconnect_max_s: float = 2.0  # jittered, so a thousand endpoints do not return in step
+    token: str | None = None  # default: see fabric.credentials.endpoint_token
+    tls_ca: str | None = None  # CA file to verify a TLS hub (default: $FABRIC_TLS_CA)
+    # Allow-list: when either is set, the hub sends only these function ids, or
+    # functions registered by these users; anything else fails before a worker sees it.
+    allow_functions: tuple[str, ...] = ()
+    allow_owners: tuple[str, ...] = ()
 
 
 class Endpoint:
@@ -68,6 +74,8 @@ class Endpoint:
         self.pool = WorkerPool(cfg.workers, self._on_results, max_result_bytes=cfg.max_result_bytes,
                                max_retries=cfg.max_retries, env=env)
         self.state = StateDir(cfg.name, cfg.state_dir)
+        self._metadata = credentials.metadata(credentials.endpoint_token(self.state.path, cfg.token))
+        self.refused: str | None = None  # why the hub refused our token, if it did
         self.outbox: Outbox | None = None
         self.held: dict[str, WorkItem] = {}  # received, no result yet
         self.unacked: dict[str, pb.TaskResult] = {}  # results the hub has not acknowledged
@@ -176,6 +184,12 @@ class Endpoint:
                 if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
                                   grpc.StatusCode.PERMISSION_DENIED):
                     log.error("hub refused this endpoint: %s", exc.details())
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.PERMISSION_DENIED):
+                    # Retrying the same token cannot help: stop, and say why.
+                    self.refused = exc.details()
+                    asyncio.ensure_future(self.shutdown())
+                    return
             except Exception:
                 log.exception("endpoint link failed")
             self.connected.clear()
@@ -185,14 +199,15 @@ class Endpoint:
 
     async def _session(self) -> None:
         cfg = self.config
-        async with grpc.aio.insecure_channel(cfg.hub, options=config.grpc_options()) as channel:
-            call = pb_grpc.EndpointServiceStub(channel).Connect()
+        async with credentials.open_channel(cfg.hub, tls_ca=cfg.tls_ca) as channel:
+            call = pb_grpc.EndpointServiceStub(channel).Connect(metadata=self._metadata)
             # Finished-but-unacknowledged tasks count as held too: the hub must not
             # send them again before their replayed results arrive.
             caps = detect(cfg.workers, cfg.relative_speed, cfg.cost_per_core_hour)
             hello = pb.Hello(name=cfg.name, capabilities=caps.to_proto(),
                              held_task_ids=[*self.held, *self.unacked],
-                             fabric_version=__version__)
+                             fabric_version=__version__,
+                             allow_functions=cfg.allow_functions, allow_owners=cfg.allow_owners)
             self._granted = 0
             first = pb.EndpointMessage(hello=hello, credits=self._credits_wanted(),
                                        draining=self.draining)
@@ -238,6 +253,7 @@ class Endpoint:
                                   max_retries=t.max_retries if t.HasField("max_retries") else None)
                          for t in msg.tasks if t.task_id not in self.held]
                 self._granted -= len(msg.tasks)
+                items = self._allowed(items)
                 for item in items:
                     self.held[item.task_id] = item
                 self.pool.submit(items)
@@ -296,6 +312,19 @@ class Endpoint:
             return 0
         target = self.pool.capacity() + self.config.prefetch
         return max(0, target - len(self.held) - self._granted)
+
+    def _allowed(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Defence in depth for the function-id allow-list (the hub enforces it first):
+        a task for another function fails here, before any worker sees it."""
+        allow = self.config.allow_functions
+        if not allow or self.config.allow_owners:  # owners are known to the hub only
+            return items
+        refused = [i for i in items if i.function_id not in allow]
+        if refused:
+            self._on_results([WorkResult(i.task_id, False, error=ErrorInfo(
+                "PermissionDenied", f"endpoint {self.config.name} does not run function "
+                f"{i.function_id} (not on its allow-list)", "", b"", "system")) for i in refused])
+        return [i for i in items if i.function_id in allow]
 
     # ------------------------------------------------------------ results
     def _on_results(self, results: list[WorkResult]) -> None:

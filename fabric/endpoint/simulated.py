@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import grpc
 
-from fabric import __version__, config
+from fabric import __version__, config, credentials
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.endpoint.agent import pack_outgoing
@@ -116,7 +116,8 @@ class SimulatedEndpoint:
                  capabilities: pb.Capabilities | None = None,
                  channel: grpc.aio.Channel | None = None,
                  heartbeat_misses: int = config.DEFAULT_HEARTBEAT_MISSES,
-                 reconnect_min_s: float = 0.05, reconnect_max_s: float = 2.0) -> None:
+                 reconnect_min_s: float = 0.05, reconnect_max_s: float = 2.0,
+                 token: str | None = None) -> None:
         if workers < 1:
             raise ValueError("a simulated endpoint needs at least one worker")
         self.name = name
@@ -130,6 +131,7 @@ class SimulatedEndpoint:
         self.clock = clock or SimClock()
         self.capabilities = capabilities or Capabilities.detect(workers).to_proto()
         self._shared_channel = channel  # not ours to close
+        self._metadata = credentials.metadata(credentials.endpoint_token(None, token))
         self.heartbeat_misses = heartbeat_misses
         self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self.endpoint_id: str | None = None
@@ -229,11 +231,11 @@ class SimulatedEndpoint:
             await self._stream(self._shared_channel)
             return
         options = [*config.grpc_options(), OWN_CONNECTION]
-        async with grpc.aio.insecure_channel(self.hub, options=options) as channel:
+        async with credentials.open_channel(self.hub, options) as channel:
             await self._stream(channel)
 
     async def _stream(self, channel: grpc.aio.Channel) -> None:
-        call = pb_grpc.EndpointServiceStub(channel).Connect()
+        call = pb_grpc.EndpointServiceStub(channel).Connect(metadata=self._metadata)
         try:
             hello = pb.Hello(name=self.name, capabilities=self.capabilities,
                              held_task_ids=[*self.waiting, *self.running, *self.unacked],
@@ -412,7 +414,8 @@ class Simulation:
 
     def __init__(self, hub: str, count: int, workers: int = 10, runtime_s: float = 0.0, *,
                  prefetch: int = 0, min_grant: int = 1, prefix: str = "sim", channels: int = 0,
-                 heartbeat_misses: int = config.DEFAULT_HEARTBEAT_MISSES) -> None:
+                 heartbeat_misses: int = config.DEFAULT_HEARTBEAT_MISSES,
+                 token: str | None = None) -> None:
         self.hub = hub
         self.count = count
         self.clock = SimClock()
@@ -421,7 +424,8 @@ class Simulation:
         self._caps = Capabilities.detect(workers).to_proto()  # once: same machine for all
         self.endpoints: list[SimulatedEndpoint] = []
         self._spec = dict(workers=workers, runtime_s=runtime_s, prefetch=prefetch,
-                          min_grant=min_grant, heartbeat_misses=heartbeat_misses)
+                          min_grant=min_grant, heartbeat_misses=heartbeat_misses,
+                          token=token)
         self._prefix = prefix
         self._closed = False
 
@@ -429,7 +433,7 @@ class Simulation:
         width = max(5, len(str(self.count - 1)))
         for k in range(self.channels):
             options = [*config.grpc_options(), OWN_CONNECTION, ("fabric.sim.channel", k)]
-            self._channels.append(grpc.aio.insecure_channel(self.hub, options=options))
+            self._channels.append(credentials.open_channel(self.hub, options))
         for i in range(self.count):
             channel = self._channels[i % self.channels] if self.channels else None
             ep = SimulatedEndpoint(f"{self._prefix}-{i:0{width}d}", self.hub, clock=self.clock,
@@ -481,12 +485,13 @@ async def run_simulated(hub: str, count: int, workers: int = 10, runtime_s: floa
                         channels: int = 0, connect_timeout: float = 120.0,
                         drain_timeout: float = 10.0,
                         stop: asyncio.Event | None = None,
-                        on_ready: Callable[[Simulation], None] | None = None) -> Simulation:
+                        on_ready: Callable[[Simulation], None] | None = None,
+                        token: str | None = None) -> Simulation:
     """Run `count` simulated endpoints until `stop` is set (forever without one), then
     drain them. `on_ready` is called once all are connected. Returns the simulation
     (stopped), whose endpoints hold the counts."""
     sim = Simulation(hub, count, workers, runtime_s, prefetch=prefetch, min_grant=min_grant,
-                     prefix=prefix, channels=channels)
+                     prefix=prefix, channels=channels, token=token)
     stop = stop or asyncio.Event()
     try:
         await sim.start()
@@ -510,7 +515,7 @@ async def run_simulated(hub: str, count: int, workers: int = 10, runtime_s: floa
 
 def simulate(hub: str, count: int, workers: int = 10, runtime_s: float = 0.0, *,
              prefetch: int = 0, min_grant: int = 1, prefix: str = "sim", channels: int = 0,
-             connect_timeout: float = 120.0) -> int:
+             connect_timeout: float = 120.0, token: str | None = None) -> int:
     """`fabric endpoint simulate`: run until SIGTERM/SIGINT, then drain and exit.
 
     Prints "N simulated endpoints connected" once all are; returns the number of
@@ -535,7 +540,8 @@ def simulate(hub: str, count: int, workers: int = 10, runtime_s: float = 0.0, *,
 
         sim = await run_simulated(hub, count, workers, runtime_s, prefetch=prefetch,
                                   min_grant=min_grant, prefix=prefix, channels=channels,
-                                  connect_timeout=connect_timeout, stop=stop, on_ready=ready)
+                                  connect_timeout=connect_timeout, stop=stop, on_ready=ready,
+                                  token=token)
         t = sim.traffic()
         print(f"{count} simulated endpoints stopped: {t['completed']} tasks completed, "
               f"{t['connects']} connects; hub sent {t['messages_in']} messages "

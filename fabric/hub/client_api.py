@@ -21,7 +21,10 @@ import grpc
 from fabric import errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.hub.access import Access
+from fabric.hub.auth import Principal, check_user_name
 from fabric.hub.dispatch import NO_NEEDS, Dispatcher, LiveTask, Needs
+from fabric.hub.guard import audit_refusal, caller
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import FunctionRow, TaskStore
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
@@ -44,6 +47,8 @@ def _rpc(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]
         try:
             return await handler(self, request, context)
         except errors.FabricError as exc:
+            if isinstance(exc, (errors.AuthError, errors.PermissionDenied)):
+                audit_refusal(context.peer(), handler.__name__, exc, caller())
             code, details, trailers = to_status(exc)
             context.set_trailing_metadata(trailers)
             await context.abort(code, details)
@@ -79,17 +84,19 @@ def check_limits(t: pb.TaskSubmission) -> None:
 
 class ClientApi(pb_grpc.ClientServiceServicer):
     def __init__(self, dispatcher: Dispatcher, store: TaskStore, sessions: Sessions,
-                 max_payload: int, version: str) -> None:
+                 access: Access, max_payload: int, version: str) -> None:
         self.d = dispatcher
+        self.access = access
         self.store = store
         self.sessions = sessions
         self.max_payload = max_payload
         self.version = version
         self.started = time.time()
 
-    def principal(self, context: grpc.aio.ServicerContext) -> str:
-        """Who is calling. Authentication (tokens) plugs in here."""
-        return "local"
+    @staticmethod
+    def session(p: Principal, session_id: str) -> str:
+        """Result sessions are per user: another user's session id reaches nothing of theirs."""
+        return f"{p.user}/{session_id}" if session_id else ""
 
     # ------------------------------------------------------------ functions
     @_rpc
@@ -101,7 +108,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 f"function body is {len(request.body)} bytes; the limit is {self.max_payload}")
         if not request.python_version or len(request.python_version) > 16:
             raise errors.InvalidRequest("python_version must be set, e.g. '3.11'")
-        owner = self.principal(context)
+        owner = caller().user
         fid = make_function_id(owner, request.body, request.python_version)
         if fid not in self.d.functions:
             row = FunctionRow(fid, request.name[:256], request.body, request.python_version, owner)
@@ -120,26 +127,21 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         return row
 
     def resolve_endpoint(self, ref: str) -> str:
-        """An endpoint id from an id or a name."""
-        if ref in self.d.endpoints:
-            return ref
-        matches = [e.endpoint_id for e in self.d.endpoints.values() if e.name == ref]
-        if len(matches) == 1:
-            return matches[0]
-        raise errors.EndpointNotFound(f"unknown endpoint {ref[:MAX_ID_LENGTH]!r}")
+        """The id of an endpoint the caller may use, from an id or a name."""
+        return self.access.resolve(caller(), ref).endpoint_id
 
     # ------------------------------------------------------------ tasks
     @_rpc
     async def Submit(self, request: pb.SubmitRequest, context: Any) -> pb.SubmitReply:
-        return await self._submit(request, self.principal(context))
+        return await self._submit(request)
 
     async def SubmitStream(self, request_iterator: Any, context: Any) -> None:
         """Submit, as one stream per client: each request is answered in order, a
-        refusal in band (error_kind), so one bad batch does not end the stream."""
-        owner = self.principal(context)
+        refusal in band (error_kind), so one bad batch does not end the stream.
+        (The interceptor authenticated the stream once, at its start.)"""
         async for request in request_iterator:
             try:
-                reply = await self._submit(request, owner)
+                reply = await self._submit(request)
             except errors.FabricError as exc:
                 reply = pb.SubmitReply(error_kind=error_kind(exc), error_message=str(exc))
             except ValueError as exc:  # e.g. an unknown policy name
@@ -149,7 +151,10 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             await asyncio.sleep(0)
             await context.write(reply)
 
-    async def _submit(self, request: pb.SubmitRequest, owner: str) -> pb.SubmitReply:
+    async def _submit(self, request: pb.SubmitRequest) -> pb.SubmitReply:
+        p = caller()
+        owner = p.user
+        session_id = self.session(p, request.session_id)
         if _TON: _trace(request.tasks[0].task_id, 'h_submit_in')
         check_ids([t.task_id for t in request.tasks], "task")
         policy = request.policy
@@ -158,6 +163,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         resolved: dict[str, str] = {}
         for t in request.tasks:
             fn = await self.function(t.function_id)
+            self.access.check_function(p, fn)
             if len(t.args) > self.max_payload:
                 raise errors.PayloadTooLarge(
                     f"task {t.task_id}: arguments are {len(t.args)} bytes; "
@@ -171,7 +177,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             live.append(LiveTask(t.task_id, fn.function_id, t.args, requested,
                                  fn.python_version, policy, t.walltime_s,
                                  t.max_retries if t.HasField("max_retries") else None,
-                                 self._needs(t, resolved)))
+                                 self._needs(t, resolved), owner))
         if request.fail_if_offline and not self.d.links and any(t.requested is None for t in live):
             raise errors.NoEligibleEndpoint("no endpoint is online")
         # Resubmitting an id that is already live is a no-op (idempotent retries).
@@ -183,7 +189,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 raise errors.NoEligibleEndpoint(reason)
             now = time.time()
             rows = [(t.task_id, t.function_id, int(TaskState.QUEUED), t.requested, t.endpoint_id,
-                     request.session_id, owner, t.reason, t.args, now, t.walltime_s,
+                     session_id, owner, t.reason, t.args, now, t.walltime_s,
                      t.max_retries, json.dumps(t.needs.to_dict()) if t.needs != NO_NEEDS else None)
                     for t in live]
             if _TON: _trace(request.tasks[0].task_id, 'h_insert')
@@ -192,13 +198,13 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         except BaseException:
             self.d.unroute(live)  # nothing was stored: nothing may stay counted
             raise
-        if request.session_id:
-            self.sessions.watch(request.session_id, (t.task_id for t in request.tasks))
+        if session_id:
+            self.sessions.watch(session_id, (t.task_id for t in request.tasks))
         self.d.unroute(t for t in live if t.task_id in existing)
         self.d.enqueue(t for t in live if t.task_id not in existing)
         if existing:
             # Already stored (and perhaps finished): push what we know to the watcher.
-            await self._push_known(request.session_id, list(existing))
+            await self._push_known(session_id, list(existing))
         if _TON: _trace(request.tasks[0].task_id, 'h_submit_out')
         return pb.SubmitReply(task_ids=[t.task_id for t in request.tasks])
 
@@ -216,8 +222,9 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         return Needs(t.gpus, t.memory_bytes, tuple(dict.fromkeys(allowed)), t.deadline_s or None)
 
     def _check_endpoint(self, ref: str, fn: FunctionRow, fail_if_offline: bool) -> str:
-        eid = self.resolve_endpoint(ref)
-        rec = self.d.endpoints[eid]
+        rec = self.access.resolve(caller(), ref)
+        self.access.check_endpoint(caller(), rec, fn)
+        eid = rec.endpoint_id
         theirs = rec.capabilities.python_version if rec.capabilities else ""
         if theirs and theirs != fn.python_version:
             raise errors.VersionMismatch(
@@ -229,19 +236,25 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         return eid
 
     async def results(self, task_ids: list[str]) -> list[pb.TaskResult]:
-        """Current result (or state) of each task; unknown ids get a TaskNotFound error."""
+        """Current result (or state) of each task; unknown ids get a TaskNotFound error.
+        PermissionDenied if any of them is another user's."""
+        p = caller()
         out: dict[str, pb.TaskResult] = {}
         stored_ids = []
         for tid in task_ids:
             t = self.d.tasks.get(tid)
             if t is not None:
+                self.access.check_task(p, tid, t.owner)
                 out[tid] = pb.TaskResult(task_id=tid, state=int(t.state), endpoint_id=t.endpoint_id or "")
             elif tid in self.d.finishing:  # final and published, its commit under way
+                self.access.check_task(p, tid, self.d.finishing_owner.get(tid))
                 out[tid] = self.d.finishing[tid]
             else:
                 stored_ids.append(tid)
         if stored_ids:
             rows = await self.store.get_tasks(stored_ids, with_result=True)
+            for row in rows.values():
+                self.access.check_task(p, row.task_id, row.owner)
             for tid in stored_ids:
                 row = rows.get(tid)
                 if row is None:
@@ -277,10 +290,19 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             code, details, trailers = to_status(errors.InvalidRequest("session_id is required"))
             context.set_trailing_metadata(trailers)
             await context.abort(code, details)
-        session = self.sessions.open(request.session_id)
+        session_id = self.session(caller(), request.session_id)
+        ids = list(request.task_ids)[:MAX_IDS_PER_CALL]
+        if ids:
+            try:
+                await self.results(ids)  # PermissionDenied for another user's task
+            except errors.FabricError as exc:
+                audit_refusal(context.peer(), "Watch", exc, caller())
+                code, details, trailers = to_status(exc)
+                context.set_trailing_metadata(trailers)
+                await context.abort(code, details)
+        session = self.sessions.open(session_id)
         try:
             yield pb.ResultBatch()  # "subscribed": later submissions will be pushed here
-            ids = list(request.task_ids)[:MAX_IDS_PER_CALL]
             if ids:
                 # Interest first, then look: a result landing in between is pushed twice
                 # at worst, and the client keeps the first.
@@ -298,13 +320,20 @@ class ClientApi(pb_grpc.ClientServiceServicer):
     @_rpc
     async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> pb.SubscribeReply:
         ids = check_ids(request.task_ids, "task")
-        self.sessions.watch(request.session_id, ids)
-        await self._push_known(request.session_id, ids)
+        session_id = self.session(caller(), request.session_id)
+        await self.results(ids)  # PermissionDenied for another user's task
+        self.sessions.watch(session_id, ids)
+        await self._push_known(session_id, ids)
         return pb.SubscribeReply()
 
     @_rpc
     async def Cancel(self, request: pb.CancelRequest, context: Any) -> pb.CancelReply:
         ids = check_ids(request.task_ids, "task")
+        p = caller()
+        for tid in ids:  # only tasks not final yet can be cancelled: those are live
+            t = self.d.tasks.get(tid)
+            if t is not None:
+                self.access.check_task(p, tid, t.owner)
         cancelled = self.d.cancel(ids)
         return pb.CancelReply(cancelled=[r.task_id for r in cancelled])
 
@@ -312,7 +341,10 @@ class ClientApi(pb_grpc.ClientServiceServicer):
     @_rpc
     async def ListEndpoints(self, request: pb.ListEndpointsRequest, context: Any) -> pb.ListEndpointsReply:
         out = []
+        p = caller()
         for rec in sorted(self.d.endpoints.values(), key=lambda e: e.name):
+            if not (p.is_admin or self.access.may_use_endpoint(p.user, rec)):
+                continue
             link = self.d.links.get(rec.endpoint_id)
             out.append(EndpointInfo(
                 endpoint_id=rec.endpoint_id, name=rec.name, online=link is not None,
@@ -333,7 +365,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         limit = min(request.limit or 50, MAX_TASKS_LISTED)
         state = TaskState(request.state) if request.state else None
         eid = self.resolve_endpoint(request.endpoint) if request.endpoint else None
-        rows = await self.store.list_tasks(limit, state, eid)
+        p = caller()
+        rows = await self.store.list_tasks(limit, state, eid, None if p.is_admin else p.user)
         out = []
         for r in rows:
             live = self.d.tasks.get(r.task_id)
@@ -359,6 +392,24 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             tasks_by_state={s.name: n for s, n in by_state.items()},
             functions=functions, store_path=self.store.path, counters=dict(self.d.counters),
         ).to_proto()
+
+
+    # ------------------------------------------------------------ sharing, health
+    @_rpc
+    async def Share(self, request: pb.ShareRequest, context: Any) -> pb.ShareReply:
+        p = caller()
+        users = [check_user_name(u) for u in request.users[:1000]]
+        if not users:
+            raise errors.InvalidRequest("share with whom? name at least one user")
+        object_id = self.access.owner_of(p, request.kind, request.ref)
+        await self.store.put_shares(request.kind, object_id, users, request.revoke)
+        now = self.access.share(request.kind, object_id, users, request.revoke)
+        log.info("%s %s %s %s %s", p.user, "unshared" if request.revoke else "shared",
+                 request.kind, object_id, ",".join(users))
+        return pb.ShareReply(users=now)
+
+    async def Health(self, request: pb.HealthRequest, context: Any) -> pb.HealthReply:
+        return pb.HealthReply(version=self.version)
 
 
 _FINAL = (pb.SUCCESS, pb.FAILED, pb.CANCELLED, pb.PURGED)

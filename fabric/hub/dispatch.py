@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import scheduler
 from fabric import config
@@ -40,6 +40,7 @@ class Dispatcher:
         # Results published but not yet committed: lookups must see them as final
         # (a client that subscribes now would otherwise miss them: see on_results).
         self.finishing: dict[str, pb.TaskResult] = {}
+        self.finishing_owner: dict[str, str] = {}
         self.links: dict[str, Link] = {}
         self.endpoints: dict[str, EndpointRecord] = {}
         self.functions: dict[str, FunctionRow] = {}
@@ -50,6 +51,8 @@ class Dispatcher:
         # True right after a restart, until endpoints had time to reconnect and claim
         # what they hold: until then no queued task is moved between endpoints.
         self.settling = False
+        # Which endpoints a task's owner may use (set by the hub; None: any endpoint).
+        self.usable: Callable[[LiveTask], frozenset[str] | None] = lambda t: None
         # Monotonic counts for `fabric status` and the chaos benchmark.
         self.counters: dict[str, int] = dict.fromkeys(
             ("results", "duplicates_dropped", "links_lost", "requeued", "handed_back",
@@ -98,6 +101,12 @@ class Dispatcher:
         for t in tasks:
             groups.setdefault(t.policy, []).append(t)
         ordered: list[LiveTask] = []
+        usable: dict[tuple[str, str], frozenset[str] | None] = {}
+        for t in tasks:
+            key = (t.owner, t.function_id)
+            if key not in usable:
+                usable[key] = self.usable(t)
+            t.usable = usable[key]
         for name, group in groups.items():
             decisions = scheduler.route_batch([t.view() for t in group], None, self.policy(name),
                                               tally=tally)
@@ -319,7 +328,7 @@ class Dispatcher:
         """Record results; the first one for a task wins, later ones are only acknowledged."""
         now = time.time()
         if _TON: _trace(results[0].task_id, 'h_result_in')
-        rows, fresh, dup = [], [], []
+        rows, fresh, dup, owners = [], [], [], []
         for r in results:
             t = self.tasks.get(r.task_id)
             event = Event.SUCCEED if r.state == pb.SUCCESS else Event.FAIL
@@ -344,6 +353,7 @@ class Dispatcher:
             rows.append((int(r.state), r.value or None, error, r.error.type_name or None,
                          link.endpoint_id, now, r.runtime_s, r.task_id))
             fresh.append(r)
+            owners.append(t.owner)
         link.endpoint.completed += len(fresh)
         self.counters["results"] += len(fresh)
         if dup:
@@ -357,14 +367,16 @@ class Dispatcher:
         # the commit, so a hub that dies before committing gets the result replayed
         # (a client that already has it ignores the repeat: it dedups by task id).
         if _TON: _trace(fresh[0].task_id, 'h_publish')
-        for r in fresh:
+        for r, owner in zip(fresh, owners):
             self.finishing[r.task_id] = r
+            self.finishing_owner[r.task_id] = owner
         self.sessions.publish(fresh)
         done = self.store.finish_tasks(rows)
 
         def committed(fut: asyncio.Future[None]) -> None:
             for r in fresh:
                 self.finishing.pop(r.task_id, None)
+                self.finishing_owner.pop(r.task_id, None)
             if fut.exception() is not None:
                 log.error("storing %d results failed: %s", len(rows), fut.exception())
                 return

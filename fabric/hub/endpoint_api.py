@@ -22,10 +22,14 @@ import grpc
 
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric import errors
+from fabric.hub.access import Access
+from fabric.hub.auth import NO_AUTH
 from fabric.hub.dispatch import Dispatcher, EndpointRecord, Link
+from fabric.hub.guard import audit_refusal, caller
 from fabric.hub.store import TaskStore
 from fabric.models import Capabilities
-from fabric.wire import ERROR_KEY
+from fabric.wire import ERROR_KEY, to_status
 
 log = logging.getLogger("fabric.hub")
 
@@ -34,15 +38,13 @@ MAX_CREDITS = 1_000_000
 
 
 class EndpointApi(pb_grpc.EndpointServiceServicer):
-    def __init__(self, dispatcher: Dispatcher, store: TaskStore, heartbeat_period: float) -> None:
+    def __init__(self, dispatcher: Dispatcher, store: TaskStore, access: Access,
+                 heartbeat_period: float) -> None:
         self.d = dispatcher
+        self.access = access
         self.store = store
         self.heartbeat_period = heartbeat_period
         self.handlers: dict[Link, asyncio.Task[Any]] = {}
-
-    def principal(self, context: grpc.aio.ServicerContext) -> str:
-        """Who owns this endpoint. Endpoint tokens plug in here."""
-        return "local"
 
     async def _reject(self, context: Any, kind: str, details: str) -> None:
         context.set_trailing_metadata(((ERROR_KEY, kind),))
@@ -56,12 +58,27 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
         if not NAME_RE.match(hello.name):
             await self._reject(context, "INVALID_REQUEST",
                                f"bad endpoint name {hello.name[:64]!r}: use 1-64 of [A-Za-z0-9._-]")
+        p = caller()
+        if p is not NO_AUTH and not p.may_connect(hello.name):
+            exc = errors.PermissionDenied(f"this endpoint token is for endpoint {p.endpoint!r}, "
+                                          f"not {hello.name!r}")
+            audit_refusal(context.peer(), "Connect", exc, p)
+            code, details, trailers = to_status(exc)
+            context.set_trailing_metadata(trailers)
+            await context.abort(code, details)
+        if len(hello.allow_functions) + len(hello.allow_owners) > 100_000:
+            await self._reject(context, "INVALID_REQUEST", "allow-list too long (max 100000)")
         caps = Capabilities.from_proto(hello.capabilities)
-        owner = self.principal(context)
+        owner = p.user
         eid = await self.store.upsert_endpoint(owner, hello.name, "ep-" + uuid.uuid4().hex,
                                                caps.to_dict())
         rec = self.d.endpoints.get(eid) or EndpointRecord(eid, hello.name, owner, caps)
         rec.capabilities, rec.last_seen = caps, time.time()
+        if hello.allow_functions or hello.allow_owners:
+            self.access.allow_lists[eid] = (frozenset(hello.allow_functions),
+                                            frozenset(hello.allow_owners))
+        else:
+            self.access.allow_lists.pop(eid, None)
         link = Link(rec)
         await context.write(pb.HubMessage(welcome=pb.Welcome(
             endpoint_id=eid, heartbeat_period_s=self.heartbeat_period)))

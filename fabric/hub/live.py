@@ -25,11 +25,12 @@ class LiveTask:
 
     __slots__ = ("task_id", "function_id", "args", "requested", "endpoint_id", "state",
                  "python_version", "policy", "reason", "walltime_s", "max_retries", "needs",
-                 "charged_to", "slot_s")
+                 "charged_to", "slot_s", "owner", "usable")
 
     def __init__(self, task_id: str, function_id: str, args: bytes, requested: str | None,
                  python_version: str, policy: str, walltime_s: float = 0.0,
-                 max_retries: int | None = None, needs: Needs | None = None) -> None:
+                 max_retries: int | None = None, needs: Needs | None = None,
+                 owner: str = "local") -> None:
         self.task_id = task_id
         self.function_id = function_id
         self.args = args
@@ -45,12 +46,18 @@ class LiveTask:
         # The predicted slot time this task adds to one endpoint's backlog, and which.
         self.charged_to: str | None = None
         self.slot_s = 0.0
+        self.owner = owner  # the submitter: only they see it, and it runs only where they may
+        # Endpoint ids the owner may use, set before each routing (None: all of them).
+        self.usable: frozenset[str] | None = None
 
     def view(self) -> scheduler.TaskView:
         n = self.needs
+        allowed: frozenset[str] | tuple[str, ...] | None = n.allowed_endpoints or None
+        if self.usable is not None:
+            allowed = self.usable if allowed is None else self.usable.intersection(allowed)
         return scheduler.TaskView(self.function_id, self.python_version, self.requested,
                                   len(self.args), n.gpus, n.memory_bytes,
-                                  n.allowed_endpoints or None, n.deadline_s)
+                                  allowed, n.deadline_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import sqlite3
 
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def ensure(conn: sqlite3.Connection) -> None:
@@ -47,7 +47,23 @@ def ensure(conn: sqlite3.Connection) -> None:
         db["tasks"].create_index(["completed_at"])
     else:
         _migrate(conn, db)
+    _access_tables(db, tables)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _access_tables(db: sqlite_utils.Database, tables: set[str]) -> None:
+    """Version 4: issued tokens (for list and revoke) and sharing grants."""
+    if "tokens" not in tables:
+        db["tokens"].create(
+            {"jti": str, "user": str, "kind": str, "endpoint": str, "issued_at": float,
+             "expires_at": float, "revoked_at": float},
+            pk="jti",
+        )
+        db["tokens"].create_index(["revoked_at"])
+    if "shares" not in tables:
+        # object_kind is "endpoint" or "function"; object_id the endpoint/function id.
+        db["shares"].create({"object_kind": str, "object_id": str, "user": str},
+                            pk=("object_kind", "object_id", "user"))
 
 
 def _migrate(conn: sqlite3.Connection, db: sqlite_utils.Database) -> None:

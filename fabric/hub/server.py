@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +19,21 @@ import grpc
 
 from fabric import __version__, config
 from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.hub.access import Access
+from fabric.hub.auth import SigningKey, VerifiedTokens, key_path
 from fabric.hub.client_api import ClientApi
 from fabric.hub.dispatch import Dispatcher, EndpointRecord, LiveTask, Needs
 from fabric.hub.endpoint_api import EndpointApi
+from fabric.hub.guard import Guard
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import TaskStore
+from fabric.hub.tokens import TokenBook
 from fabric.models import Capabilities
 
 log = logging.getLogger("fabric.hub")
+
+#: How often the hub looks for newly revoked tokens (seconds).
+REVOCATION_POLL_S = 1.0
 
 
 @dataclass
@@ -39,6 +47,9 @@ class HubConfig:
     retention_s: float = config.DEFAULT_RETENTION_S  # results kept after a client got them
     max_age_s: float = config.DEFAULT_MAX_AGE_S  # results nobody collected
     forget_after_s: float = config.DEFAULT_FORGET_AFTER_S  # "purged" tombstones
+    auth: bool = True  # False: --no-auth, every caller is the one local user
+    tls_cert: str = ""  # PEM files; both set: TLS on the port
+    tls_key: str = ""
 
     @property
     def silent_after(self) -> float:
@@ -52,6 +63,10 @@ class Hub:
         self.store = TaskStore(self.config.store_path)
         self.sessions = Sessions(on_delivered=lambda ids: self.store.mark_collected(ids, time.time()))
         self.dispatcher = Dispatcher(self.store, self.sessions)
+        self.access = Access(self.dispatcher.endpoints, self.dispatcher.functions)
+        self.dispatcher.usable = self.access.usable
+        self.guard: Guard | None = None
+        self._tokens: TokenBook | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._endpoint_api: EndpointApi | None = None
@@ -67,26 +82,43 @@ class Hub:
         cfg = self.config
         await self.store.open()
         await self._reload()
+        self.access.load(await self.store.shares())
+        if cfg.auth:
+            key = await asyncio.to_thread(SigningKey.load_or_create, key_path(cfg.store_path))
+            self.guard = Guard(VerifiedTokens(key))
+            self.guard.revoke((await asyncio.to_thread(self._revoked_since, 0.0))[0])
+        else:
+            self.guard = Guard(None)
+        interceptors = [self.guard]
         limit = cfg.max_payload + 16 * 1024 * 1024
-        self._server = grpc.aio.server(options=[
+        self._server = grpc.aio.server(interceptors=interceptors, options=[
             *config.grpc_options(limit),
             # Endpoints ping idle streams; allow it rather than sending GOAWAY.
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
             ("grpc.http2.max_ping_strikes", 0),
         ])
         pb_grpc.add_ClientServiceServicer_to_server(
-            ClientApi(self.dispatcher, self.store, self.sessions, cfg.max_payload, __version__),
+            ClientApi(self.dispatcher, self.store, self.sessions, self.access, cfg.max_payload,
+                      __version__),
             self._server,
         )
-        self._endpoint_api = EndpointApi(self.dispatcher, self.store, cfg.heartbeat_period)
+        self._endpoint_api = EndpointApi(self.dispatcher, self.store, self.access,
+                                         cfg.heartbeat_period)
         pb_grpc.add_EndpointServiceServicer_to_server(self._endpoint_api, self._server)
-        self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if cfg.tls_cert or cfg.tls_key:
+            creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(),
+                                                  Path(cfg.tls_cert).read_bytes())])
+            self.port = self._server.add_secure_port(f"{cfg.host}:{cfg.port}", creds)
+        else:
+            self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         if not self.port:
             raise OSError(f"could not bind {cfg.host}:{cfg.port}")
         await self._server.start()
         self._background = [asyncio.create_task(self._watch_links()),
                             asyncio.create_task(self._reconcile_after_restart()),
                             asyncio.create_task(self._purge_forever())]
+        if cfg.auth:
+            self._background.append(asyncio.create_task(self._watch_revocations()))
         log.info("hub listening on %s (store %s)", self.address, cfg.store_path)
         return self
 
@@ -107,7 +139,7 @@ class Hub:
             d.functions[fn.function_id] = fn
             t = LiveTask(r.task_id, r.function_id, r.args or b"", r.requested_endpoint,
                          fn.python_version, "", r.walltime_s, r.max_retries,
-                         Needs.from_dict(r.needs))
+                         Needs.from_dict(r.needs), r.owner or "local")
             # Routed tasks (dispatched ones included) wait for the endpoint they were
             # routed to: if it still holds one, it says so in its Hello and the task is
             # not sent twice.
@@ -128,6 +160,25 @@ class Hub:
         moved = self.dispatcher.reroute_offline()
         if moved:
             log.info("%d reloaded tasks re-routed: their endpoints did not come back", moved)
+
+    def _revoked_since(self, since: float) -> tuple[set[str], float]:
+        # Runs on a worker thread, one call at a time.
+        if self._tokens is None:
+            self._tokens = TokenBook(self.config.store_path)
+        return self._tokens.revoked_since(since)
+
+    async def _watch_revocations(self) -> None:
+        """`fabric token revoke` writes to the store; pick it up and end those streams."""
+        since = 0.0
+        while True:
+            await asyncio.sleep(REVOCATION_POLL_S)
+            try:
+                revoked, since = await asyncio.to_thread(self._revoked_since, since)
+            except Exception:  # noqa: BLE001 - try again next round; the hub stays up
+                log.exception("reading revoked tokens failed")
+                continue
+            assert self.guard is not None
+            self.guard.revoke(revoked)
 
     async def _purge_forever(self) -> None:
         cfg = self.config
@@ -174,6 +225,8 @@ class Hub:
         if self._server is not None:
             await self._server.stop(grace)
         await self.store.close()
+        if self._tokens is not None:
+            self._tokens.close()
         self._stopped.set()
         log.info("hub stopped")
 
@@ -197,6 +250,10 @@ def run_hub(cfg: HubConfig) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.shutdown()))
         print(f"fabric hub listening on {hub.address}  (store: {cfg.store_path})", flush=True)
+        if cfg.auth:
+            store = "" if cfg.store_path == HubConfig().store_path else f" --store {cfg.store_path}"
+            print(f"auth is on: create the first admin token with\n"
+                  f"    fabric token create --user admin --kind admin{store} --save", flush=True)
         await hub.wait_closed()
 
     run(main())

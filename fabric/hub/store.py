@@ -287,6 +287,19 @@ class TaskStore:
 
         return await self.read(op)
 
+    # ------------------------------------------------------------ sharing
+    async def shares(self) -> list[tuple[str, str, str]]:
+        """Every grant: (object_kind, object_id, user)."""
+        return await self.read(lambda conn: conn.execute(
+            "SELECT object_kind, object_id, user FROM shares").fetchall())
+
+    def put_shares(self, kind: str, object_id: str, users: Sequence[str],
+                   revoke: bool = False) -> asyncio.Future[Any]:
+        sql = ("DELETE FROM shares WHERE object_kind=? AND object_id=? AND user=?" if revoke else
+               "INSERT OR IGNORE INTO shares (object_kind, object_id, user) VALUES (?,?,?)")
+        return self.write(lambda conn: conn.executemany(  # type: ignore[return-value]
+            sql, [(kind, object_id, u) for u in users]))
+
     # ------------------------------------------------------------ tasks
     def insert_tasks(self, rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
         """Rows of (task_id, function_id, state, requested_endpoint, endpoint_id, session_id,
@@ -425,9 +438,13 @@ class TaskStore:
         return await self.read(op)
 
     async def list_tasks(
-        self, limit: int, state: TaskState | None = None, endpoint_id: str | None = None
+        self, limit: int, state: TaskState | None = None, endpoint_id: str | None = None,
+        owner: str | None = None,
     ) -> list[TaskRow]:
         where, params = [], []
+        if owner is not None:
+            where.append("owner=?")
+            params.append(owner)
         if state is not None:
             where.append("state=?")
             params.append(int(state))
