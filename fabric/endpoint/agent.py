@@ -36,6 +36,7 @@ from fabric.endpoint.capabilities import detect, gpu_ids, load_per_core
 from fabric.endpoint.engines import EngineConfig, EngineContext, make_engine
 from fabric.endpoint.outbox import Outbox, StateDir
 from fabric.models import error_to_proto
+from fabric.serialize import ErrorInfo
 from fabric.worker.runtime import WorkItem, WorkResult
 
 log = logging.getLogger("fabric.endpoint")
@@ -58,6 +59,8 @@ class EndpointConfig:
     slowdown: float = 1.0  # benchmarks/tests: make every task take this many times as long
     reconnect_min_s: float = 0.05
     reconnect_max_s: float = 2.0  # jittered, so a thousand endpoints do not return in step
+    allowed_functions: tuple[str, ...] = ()  # function ids this endpoint runs; () = any
+    token: str = ""  # from the configuration file; sent to the hub by the auth layer
 
 
 class Endpoint:
@@ -246,6 +249,8 @@ class Endpoint:
                 self._granted -= len(msg.tasks)
                 for item in items:
                     self.held[item.task_id] = item
+                if self.config.allowed_functions:
+                    items = self._refuse_not_allowed(items)
                 self.engine.submit(items)
             if msg.acks:
                 for tid in msg.acks:
@@ -295,6 +300,17 @@ class Endpoint:
             return 0
         target = self.engine.capacity() + self.config.prefetch
         return max(0, target - len(self.held) - self._granted)
+
+    def _refuse_not_allowed(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Fail at once the tasks whose function is not on this endpoint's allow-list."""
+        allowed = self.config.allowed_functions
+        refused = [WorkResult(i.task_id, False, error=ErrorInfo(
+            "PermissionDenied", f"endpoint {self.config.name} does not run function "
+            f"{i.function_id}: it is not on the endpoint's allow-list", kind="user"))
+            for i in items if i.function_id not in allowed]
+        if refused:
+            self._on_results(refused)
+        return [i for i in items if i.function_id in allowed]
 
     def _on_capacity(self) -> None:
         # Workers joined or left (autoscaling): grant (or stop granting) credits now.

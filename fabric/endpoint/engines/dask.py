@@ -43,6 +43,9 @@ class DaskEngine(FutureEngine):
 
     async def _start_engine(self) -> None:
         cfg, ctx = self.config, self.ctx
+        if not logging.getLogger("distributed").isEnabledFor(logging.DEBUG):
+            # Its INFO lines are per task: too many for an endpoint's log.
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         try:
             if cfg.scheduler_address:
                 self._client = await Client(cfg.scheduler_address, asynchronous=True,
@@ -52,7 +55,7 @@ class DaskEngine(FutureEngine):
                 self._cluster = await LocalCluster(
                     n_workers=cfg.init_blocks * ctx.workers, threads_per_worker=1,
                     processes=True, host="127.0.0.1", scheduler_port=0,
-                    dashboard_address=None, asynchronous=True,
+                    dashboard_address="127.0.0.1:0", asynchronous=True,
                     env=dict(ctx.env or {}), local_directory=str(ctx.run_dir / "dask"))
             if cfg.autoscaled:
                 self._cluster.adapt(minimum=cfg.min_blocks * ctx.workers,

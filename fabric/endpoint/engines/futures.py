@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from fabric.endpoint.engines import EngineConfig, EngineContext
 from fabric.endpoint.engines.base import Engine
+from fabric.errors import EngineUnavailable, FabricError
 from fabric.serialize import ErrorInfo
 from fabric.worker.runtime import WorkItem, WorkResult, result_from_row
 
@@ -77,8 +78,11 @@ class FutureEngine(Engine):
         try:
             await self._start_engine()
             await self._refresh()
-        except BaseException:
+        except BaseException as exc:
             await self.shutdown()
+            if isinstance(exc, Exception) and not isinstance(exc, FabricError):
+                raise EngineUnavailable(f"the {self.kind} engine could not start: "
+                                        f"{exc!r}") from exc
             raise
         self._watcher = asyncio.ensure_future(self._watch())
 

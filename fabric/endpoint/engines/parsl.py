@@ -77,11 +77,16 @@ class ParslEngine(FutureEngine):
 
     async def _start_engine(self) -> None:
         cfg, ctx = self.config, self.ctx
+        if not logging.getLogger("parsl").isEnabledFor(logging.DEBUG):
+            # Its INFO lines are per task: too many for an endpoint's log.
+            logging.getLogger("parsl").setLevel(logging.WARNING)
+        # Parsl starts its interchange and local workers by their script names
+        # (interchange.py, process_worker_pool.py): find those of this installation.
         bindir = os.path.dirname(sys.executable)
-        pythonpath = os.pathsep.join(p for p in sys.path if p)
-        worker_init = (f"export PATH={bindir}:$PATH; export PYTHONPATH={pythonpath}"
-                       if cfg.provider == "local" else "")
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")])
         local = cfg.provider == "local"
+        worker_init = ""
         self._executor = HighThroughputExecutor(
             label=LABEL,
             provider=make_provider(cfg, worker_init),
@@ -94,8 +99,7 @@ class ParslEngine(FutureEngine):
             encrypted=not local)
         config = Config(executors=[self._executor], run_dir=str(ctx.run_dir / "parsl"),
                         strategy="htex_auto_scale", strategy_period=cfg.strategy_period_s,
-                        max_idletime=cfg.max_idletime_s, retries=0, initialize_logging=False,
-                        app_cache=False)
+                        max_idletime=cfg.max_idletime_s, retries=0, initialize_logging=False)
         # Starting the interchange and the first blocks blocks for a while: off the loop.
         self._dfk = await asyncio.to_thread(DataFlowKernel, config)
         self._app = python_app(run_engine_task, data_flow_kernel=self._dfk, executors=[LABEL])
