@@ -34,6 +34,17 @@ WATCH_PERIOD_S = 0.25
 TASKS_PER_WORKER = 2
 
 
+def engine_capacity(workers: int, can_grow: bool, workers_per_block: int) -> int:
+    """Tasks an endpoint on a scaling engine should hold.
+
+    Enough to keep each connected worker busy; while the autoscaler may still
+    add a block, one block's worth more, so the engine sees the backlog it
+    scales out for (Parsl's strategy and Dask's adaptive both scale on queued
+    work). With no workers and no room to grow it is 0: the hub never floods
+    an endpoint whose blocks have not started."""
+    return workers * TASKS_PER_WORKER + (workers_per_block if can_grow else 0)
+
+
 class FutureEngine(Engine):
     def __init__(self, cfg: EngineConfig, ctx: EngineContext) -> None:
         self.config = cfg
@@ -151,11 +162,7 @@ class FutureEngine(Engine):
         return []
 
     def capacity(self) -> int:
-        """Keep each connected worker busy; while the autoscaler may add a block,
-        hold one block's worth more, so the engine sees the backlog it scales for.
-        With no workers and no room to grow this is 0: nothing floods the endpoint."""
-        grow = self.workers_per_block if self._can_grow else 0
-        return self._slots * TASKS_PER_WORKER + grow
+        return engine_capacity(self._slots, self._can_grow, self.workers_per_block)
 
     @property
     def free_slots(self) -> int:
