@@ -14,6 +14,8 @@
     │   └── ResultPurged        the task finished, but its result was dropped after retention
     ├── EndpointOffline         the named endpoint is not connected
     ├── EndpointBusy            an endpoint with this name already runs here
+    ├── EngineUnavailable       the endpoint's engine (Parsl, Dask) is not installed or misconfigured
+    ├── BadConfig               an endpoint configuration file cannot be read or has wrong values
     ├── NoEligibleEndpoint      no online endpoint can take the task
     ├── TaskPending             asked for a result that is not ready (non-blocking get)
     ├── TaskTimeout             waited for a result longer than `timeout` (also a TimeoutError)
@@ -88,6 +90,16 @@ class EndpointOffline(FabricError):
 
 class EndpointBusy(FabricError):
     """Another endpoint process already runs under this name on this machine."""
+
+
+class EngineUnavailable(FabricError):
+    """The engine an endpoint was configured with cannot run here: its extra is
+    not installed (the message names the `pip install` to run) or its settings are wrong."""
+
+
+class BadConfig(FabricError):
+    """An endpoint configuration file (`fabric endpoint configure`) cannot be read,
+    or holds an unknown key or a value of the wrong type; the message names the file."""
 
 
 class NoEligibleEndpoint(FabricError):
@@ -186,6 +198,8 @@ __all__ = [
     "ResultPurged",
     "EndpointOffline",
     "EndpointBusy",
+    "EngineUnavailable",
+    "BadConfig",
     "NoEligibleEndpoint",
     "TaskPending",
     "TaskTimeout",

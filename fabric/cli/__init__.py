@@ -2,6 +2,8 @@
 
     fabric hub --port 50051
     fabric endpoint start laptop --hub 127.0.0.1:50051 --workers 4
+    fabric endpoint configure cluster ; fabric endpoint start cluster --detach
+    fabric endpoint list | restart NAME | delete NAME
     fabric endpoint simulate --hub 127.0.0.1:50051 --count 1000 --workers 10
     fabric endpoints | fabric tasks | fabric status
     fabric token create --user alice | fabric endpoint share laptop --with bob
@@ -19,6 +21,7 @@ import click
 from fabric import __version__, config
 
 from fabric.cli.access import endpoint_share, function, token
+from fabric.cli.manage import engine_options, register as _register_management
 from fabric.cli.views import HUB_OPTION, endpoints, status, tasks
 
 
@@ -122,26 +125,35 @@ def endpoint() -> None:
               help="run only this function id (repeatable; with --allow-owner: either)")
 @click.option("--allow-owner", "allow_owners", multiple=True,
               help="run only functions registered by this user (repeatable)")
+@engine_options
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def endpoint_start(name: str, hub: str, workers: int, prefetch: int, max_retries: int,
                    heartbeat_misses: int, drain_timeout: float, state_dir: str | None,
                    speed: float, cost: float, slowdown: float, token: str | None,
                    tls_ca: str | None, allow_functions: tuple[str, ...],
-                   allow_owners: tuple[str, ...], verbose: int) -> None:
+                   allow_owners: tuple[str, ...], verbose: int,
+                   detach: bool, **engine: Any) -> None:
     """Start endpoint NAME in the foreground; it dials out to the hub and reconnects.
 
+    Settings come from ~/.fabric/endpoints/NAME/config.toml when it exists
+    (`fabric endpoint configure NAME`); flags given here override the file.
     SIGTERM (or `fabric endpoint stop NAME`) drains it: no new tasks, unstarted
     ones handed back to the hub, running ones finish; a second signal stops it now."""
-    from fabric.endpoint import EndpointConfig, run_endpoint
+    from fabric.cli.manage import build_config, start_detached
+    from fabric.endpoint import run_endpoint
 
     _logging(verbose)
     if workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
-    _exit_on_error(run_endpoint, EndpointConfig(
-        name=name, hub=hub, workers=workers, prefetch=prefetch, max_retries=max_retries,
-        heartbeat_misses=heartbeat_misses, drain_timeout_s=drain_timeout, state_dir=state_dir,
-        relative_speed=speed, cost_per_core_hour=cost, slowdown=slowdown, token=token,
-        tls_ca=tls_ca, allow_functions=allow_functions, allow_owners=allow_owners))
+    cfg = _exit_on_error(build_config, name, click.get_current_context())
+    if detach:
+        from fabric.endpoint.outbox import StateDir
+
+        pid, log = _exit_on_error(start_detached, name, sys.argv[1:],
+                                  StateDir(name, cfg.state_dir).path)
+        click.echo(f"endpoint {name} started (pid {pid}); log: {log}")
+        return
+    _exit_on_error(run_endpoint, cfg)
 
 
 @endpoint.command("stop")
@@ -212,6 +224,7 @@ def _exit_on_error(fn: Any, *args: Any) -> Any:
 endpoint.add_command(endpoint_share)
 main.add_command(token)
 main.add_command(function)
+_register_management(endpoint)
 main.add_command(endpoints)
 main.add_command(tasks)
 main.add_command(status)

@@ -33,7 +33,8 @@ def run_endpoint(cfg: EndpointConfig) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         await ep.start()
-        print(f"fabric endpoint {cfg.name} started: {cfg.workers} workers, hub {cfg.hub}, "
+        print(f"fabric endpoint {cfg.name} started: {cfg.engine.kind} engine, "
+              f"{ep.engine.worker_count} workers, hub {cfg.hub}, "
               f"pid {os.getpid()}, state {ep.state.path}", flush=True)
         await ep.wait_closed()
         if ep.refused:

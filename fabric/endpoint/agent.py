@@ -1,4 +1,4 @@
-"""The endpoint agent: dials out to the hub, keeps one stream, feeds the worker pool.
+"""The endpoint agent: dials out to the hub, keeps one stream, feeds its engine of workers.
 
 It never accepts connections. While the hub is away it keeps running the
 tasks it holds and keeps their results on disk (the outbox) until the hub
@@ -11,7 +11,7 @@ Lifecycle: start() -> [drain()] -> shutdown(). drain() is the graceful stop
 running ones finish (up to a deadline), results acknowledged, then shutdown.
 
 Credits: the endpoint grants the hub as many tasks as it can usefully hold
-(the pool's capacity plus a prefetch allowance), counting what it already
+(the engine's capacity plus a prefetch allowance), counting what it already
 holds and what it granted but has not yet received.
 """
 
@@ -24,7 +24,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -32,10 +32,11 @@ import grpc
 from fabric import __version__, config, credentials
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
-from fabric.endpoint.capabilities import detect, load_per_core
+from fabric.endpoint.capabilities import detect, gpu_ids, load_per_core
+from fabric.endpoint.engines import EngineConfig, EngineContext, make_engine
 from fabric.endpoint.outbox import Outbox, StateDir
-from fabric.endpoint.pool import WorkerPool
-from fabric.models import ErrorInfo, error_to_proto
+from fabric.models import error_to_proto
+from fabric.serialize import ErrorInfo
 from fabric.worker.runtime import WorkItem, WorkResult
 
 log = logging.getLogger("fabric.endpoint")
@@ -45,7 +46,8 @@ log = logging.getLogger("fabric.endpoint")
 class EndpointConfig:
     name: str
     hub: str = config.DEFAULT_HUB_ADDRESS
-    workers: int = os.cpu_count() or 1
+    workers: int = os.cpu_count() or 1  # local engine: the pool; parsl/dask: per node (block)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     prefetch: int = 0  # extra tasks held beyond what keeps the workers busy
     max_result_bytes: int = config.DEFAULT_MAX_PAYLOAD
     heartbeat_misses: int = config.DEFAULT_HEARTBEAT_MISSES
@@ -71,11 +73,16 @@ class Endpoint:
         self.endpoint_id: str | None = None
         self.connected = asyncio.Event()
         env = {**os.environ, "FABRIC_SLOWDOWN": str(cfg.slowdown)} if cfg.slowdown != 1.0 else None
-        self.pool = WorkerPool(cfg.workers, self._on_results, max_result_bytes=cfg.max_result_bytes,
-                               max_retries=cfg.max_retries, env=env)
         self.state = StateDir(cfg.name, cfg.state_dir)
         self._metadata = credentials.metadata(credentials.endpoint_token(self.state.path, cfg.token))
         self.refused: str | None = None  # why the hub refused our token, if it did
+        # The agent speaks to its engine only through fabric.endpoint.engines.Engine.
+        self.engine = make_engine(cfg.engine, EngineContext(
+            workers=cfg.workers, on_results=self._on_results,
+            max_result_bytes=cfg.max_result_bytes, max_retries=cfg.max_retries,
+            run_dir=self.state.path, env=env,
+            gpus=gpu_ids() if cfg.engine.pin_gpus else ()))
+        self.engine.on_capacity = self._on_capacity
         self.outbox: Outbox | None = None
         self.held: dict[str, WorkItem] = {}  # received, no result yet
         self.unacked: dict[str, pb.TaskResult] = {}  # results the hub has not acknowledged
@@ -101,7 +108,7 @@ class Endpoint:
                 self.unacked[r.task_id] = r
             if self.unacked:
                 log.info("%d results from before the restart will be replayed", len(self.unacked))
-            await self.pool.start()
+            await self.engine.start()
         except BaseException:
             self._release()
             raise
@@ -122,7 +129,7 @@ class Endpoint:
             return
         self.draining = True
         timeout = self.config.drain_timeout_s if timeout is None else timeout
-        unstarted = self.pool.take_unstarted()
+        unstarted = self.engine.take_unstarted()
         for item in unstarted:
             self.held.pop(item.task_id, None)
         self._returned.extend(item.task_id for item in unstarted)
@@ -159,7 +166,7 @@ class Endpoint:
                 await self._main
             except (asyncio.CancelledError, Exception):
                 pass
-        await self.pool.shutdown()
+        await self.engine.shutdown()
         self._release()
         self._closed.set()
 
@@ -203,7 +210,8 @@ class Endpoint:
             call = pb_grpc.EndpointServiceStub(channel).Connect(metadata=self._metadata)
             # Finished-but-unacknowledged tasks count as held too: the hub must not
             # send them again before their replayed results arrive.
-            caps = detect(cfg.workers, cfg.relative_speed, cfg.cost_per_core_hour)
+            caps = detect(max(1, self.engine.worker_count), cfg.relative_speed,
+                          cfg.cost_per_core_hour)
             hello = pb.Hello(name=cfg.name, capabilities=caps.to_proto(),
                              held_task_ids=[*self.held, *self.unacked],
                              fabric_version=__version__,
@@ -246,7 +254,7 @@ class Endpoint:
                 raise ConnectionError("hub ended the stream")
             if msg.functions:
                 for fn in msg.functions:
-                    self.pool.add_function(fn.function_id, fn.body)
+                    self.engine.add_function(fn.function_id, fn.body)
             if msg.tasks:
                 if _TON: _trace(msg.tasks[0].task_id, 'e_task_in')
                 items = [WorkItem(t.task_id, t.function_id, t.args, walltime_s=t.walltime_s,
@@ -256,7 +264,7 @@ class Endpoint:
                 items = self._allowed(items)
                 for item in items:
                     self.held[item.task_id] = item
-                self.pool.submit(items)
+                self.engine.submit(items)
             if msg.acks:
                 for tid in msg.acks:
                     self.unacked.pop(tid, None)
@@ -269,7 +277,7 @@ class Endpoint:
                 self._batch_echo = msg.sent_at
                 self._wake.set()
             if msg.cancel:
-                for tid in self.pool.cancel(msg.cancel):
+                for tid in self.engine.cancel(msg.cancel):
                     self.held.pop(tid, None)
                 self._wake.set()  # room for more: grant credits
 
@@ -298,8 +306,8 @@ class Endpoint:
             now = time.monotonic()
             if now - last_beat >= period or self._echo:
                 msg.heartbeat.CopyFrom(pb.Heartbeat(
-                    load=load_per_core(), free_slots=self.pool.free_slots,
-                    queued=self.pool.queued, sent_at=time.time(), echo=self._echo))
+                    load=load_per_core(), free_slots=self.engine.free_slots,
+                    queued=self.engine.queued, sent_at=time.time(), echo=self._echo))
                 self._echo = 0.0
                 last_beat = now
             if (msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining
@@ -310,7 +318,7 @@ class Endpoint:
     def _credits_wanted(self) -> int:
         if self.draining:
             return 0
-        target = self.pool.capacity() + self.config.prefetch
+        target = self.engine.capacity() + self.config.prefetch
         return max(0, target - len(self.held) - self._granted)
 
     def _allowed(self, items: list[WorkItem]) -> list[WorkItem]:
@@ -325,6 +333,10 @@ class Endpoint:
                 "PermissionDenied", f"endpoint {self.config.name} does not run function "
                 f"{i.function_id} (not on its allow-list)", "", b"", "system")) for i in refused])
         return [i for i in items if i.function_id in allow]
+
+    def _on_capacity(self) -> None:
+        # Workers joined or left (autoscaling): grant (or stop granting) credits now.
+        self._wake.set()
 
     # ------------------------------------------------------------ results
     def _on_results(self, results: list[WorkResult]) -> None:

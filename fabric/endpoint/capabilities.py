@@ -10,7 +10,17 @@ from fabric.models import Capabilities
 
 
 def detect_gpus() -> tuple[str, ...]:
-    """GPU names from CUDA_VISIBLE_DEVICES or `nvidia-smi -L`; () when there are none.
+    """GPU names from CUDA_VISIBLE_DEVICES or `nvidia-smi -L`; () when there are none."""
+    return tuple(name for _, name in gpu_inventory())
+
+
+def gpu_ids() -> tuple[str, ...]:
+    """The device ids to pin workers to (CUDA_VISIBLE_DEVICES values), one per GPU."""
+    return tuple(dev for dev, _ in gpu_inventory())
+
+
+def gpu_inventory() -> list[tuple[str, str]]:
+    """(device id, name) of each GPU this endpoint may use; [] when there are none.
 
     CUDA_VISIBLE_DEVICES wins when set, because it is how batch schedulers
     hand a job its share of a node ("" or "-1" means: no GPU for you).
@@ -18,20 +28,21 @@ def detect_gpus() -> tuple[str, ...]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         ids = [v.strip() for v in visible.split(",") if v.strip() and v.strip() != "-1"]
-        return tuple(f"cuda:{i}" for i in ids)
+        return [(i, f"cuda:{i}") for i in ids]
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return ()
+        return []
     try:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
-        return ()
+        return []
     # Lines look like: "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)"
-    names = []
+    found = []
     for line in out.stdout.splitlines():
         if line.startswith("GPU ") and ":" in line:
-            names.append(line.split(":", 1)[1].split("(UUID")[0].strip())
-    return tuple(names)
+            head, rest = line.split(":", 1)
+            found.append((head[4:].strip(), rest.split("(UUID")[0].strip()))
+    return found
 
 
 def detect(workers: int, relative_speed: float = 1.0, cost_per_core_hour: float = 0.0) -> Capabilities:

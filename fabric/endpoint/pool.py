@@ -36,6 +36,7 @@ from itertools import islice
 from typing import Any, Callable, Iterable
 
 from fabric.config import DEFAULT_MAX_PAYLOAD
+from fabric.endpoint.engines.base import Engine
 from fabric.endpoint.supervision import (Kill, StartClock, describe_exit, overran,
                                          running_index, settle_dead_worker, walltime_error)
 from fabric.serialize import ErrorInfo
@@ -66,10 +67,12 @@ def per_worker_cap(ewma_runtime_s: float | None) -> int:
 
 class _Worker:
     __slots__ = ("proc", "pid", "outstanding", "functions", "done", "progress_fd", "clock",
-                 "accepting", "kill")
+                 "accepting", "kill", "gpu")
 
-    def __init__(self, proc: asyncio.subprocess.Process, progress_fd: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, progress_fd: int,
+                 gpu: str | None = None) -> None:
         self.proc = proc
+        self.gpu = gpu  # the one GPU this worker sees, when the pool pins GPUs
         self.pid: int = proc.pid
         self.progress_fd = progress_fd  # the worker counts tasks it started here
         self.done = 0  # results received from it
@@ -93,13 +96,22 @@ class _Worker:
         self.proc.stdin.write(payload)
 
 
-class WorkerPool:
+class WorkerPool(Engine):
+    """The local engine. With `gpus`, worker i sees only GPU gpus[i]
+    (CUDA_VISIBLE_DEVICES) and a replacement worker gets the GPU of the one it replaces."""
+
+    kind = "local"
+
     def __init__(self, workers: int, on_results: Callable[[list[WorkResult]], None], *,
                  max_result_bytes: int = DEFAULT_MAX_PAYLOAD, python: str = sys.executable,
-                 env: dict[str, str] | None = None, max_retries: int = 0) -> None:
+                 env: dict[str, str] | None = None, max_retries: int = 0,
+                 gpus: tuple[str, ...] = ()) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
+        if gpus and len(gpus) < workers:
+            raise ValueError(f"{workers} workers pinned to {len(gpus)} GPUs: one GPU per worker")
         self.workers = workers
+        self._gpus = tuple(gpus)
         self._on_results = on_results
         self._max_result_bytes = max_result_bytes
         self._python = python
@@ -128,7 +140,7 @@ class WorkerPool:
         if self._started:
             return
         self._started = True
-        spawned = await asyncio.gather(*(self._spawn() for _ in range(self.workers)),
+        spawned = await asyncio.gather(*(self._spawn(self._gpu_for(i)) for i in range(self.workers)),
                                        return_exceptions=True)
         for w in spawned:
             if isinstance(w, _Worker):
@@ -270,6 +282,10 @@ class WorkerPool:
         return len(self._queue) + sum(len(w.outstanding) for w in self._live)
 
     @property
+    def worker_count(self) -> int:
+        return sum(1 for w in self._live if w.accepting)
+
+    @property
     def pids(self) -> list[int]:
         return [w.pid for w in self._live]
 
@@ -323,14 +339,18 @@ class WorkerPool:
             log.warning("could not send tasks to worker pid %d: %r", w.pid, exc)
 
     # ------------------------------------------------------------ workers
-    async def _spawn(self) -> _Worker:
+    def _gpu_for(self, i: int) -> str | None:
+        return self._gpus[i] if self._gpus else None
+
+    async def _spawn(self, gpu: str | None = None) -> _Worker:
         progress_fd = progress_file()
         self._progress_fds.add(progress_fd)
+        env = self._env if gpu is None else {**self._env, "CUDA_VISIBLE_DEVICES": gpu}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *worker_command(self._python, self._max_result_bytes, progress_fd),
                 pass_fds=(progress_fd,), stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, env=self._env, limit=1 << 20)
+                stdout=asyncio.subprocess.PIPE, env=env, limit=1 << 20)
         except BaseException:
             self._close_progress(progress_fd)
             raise
@@ -346,7 +366,7 @@ class WorkerPool:
                 raise
             raise RuntimeError(f"worker pid {proc.pid} ({self._python} -m fabric.worker) "
                                f"failed to start: {exc!r}") from exc
-        return _Worker(proc, progress_fd)
+        return _Worker(proc, progress_fd, gpu)
 
     def _adopt(self, w: _Worker) -> None:
         self._live.append(w)
@@ -444,16 +464,16 @@ class WorkerPool:
         if failed:
             self._deliver(failed)
         self._queue.extendleft(reversed(requeue))  # at the front, in their order
-        job = asyncio.ensure_future(self._replace())
+        job = asyncio.ensure_future(self._replace(w.gpu))
         self._spawners.add(job)
         job.add_done_callback(self._spawners.discard)
         self._assign()
 
-    async def _replace(self) -> None:
+    async def _replace(self, gpu: str | None) -> None:
         delay = 0.1
         while not self._closing:
             try:
-                w = await self._spawn()
+                w = await self._spawn(gpu)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - keep trying: the endpoint is useless without workers

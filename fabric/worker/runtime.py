@@ -179,6 +179,20 @@ def run_task(task_id: str, function_id: str, args: bytes, *,
     return WorkResult(task_id, True, payload, None, runtime, cold)
 
 
+def result_row(r: WorkResult) -> tuple[Any, ...]:
+    """A WorkResult as the plain tuple workers send back (no classes: the
+    receiving side decodes it without importing anything)."""
+    e = r.error
+    return (r.task_id, r.ok, r.value, None if e is None else
+            (e.type_name, e.message, e.traceback, e.exception, e.kind), r.runtime_s, r.cold)
+
+
+def result_from_row(row: tuple[Any, ...]) -> WorkResult:
+    task_id, ok, value, error, runtime_s, cold = row
+    return WorkResult(task_id, ok, value, None if error is None else ErrorInfo(*error),
+                      runtime_s, cold)
+
+
 def _failed(task_id: str, exc: BaseException, kind: str, context: str = "") -> WorkResult:
     return WorkResult(task_id, False, error=_error_info(exc, kind, context))
 

@@ -1,0 +1,189 @@
+"""The Parsl and Dask engines end to end: real hub, real endpoint processes,
+the engines' own workers (Parsl HTEX + LocalProvider, Dask LocalCluster).
+
+One hub and one endpoint per engine are shared by the module (the engines
+take seconds to start); the autoscaling tests start their own endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import psutil
+import pytest
+
+from fabric.client import Client
+from fabric.errors import EngineUnavailable, TaskFailed, WorkerDied
+from fabric.launch import LocalFabric
+
+from fabric.endpoint.engines import require
+from fabric.endpoint.engines.futures import engine_capacity
+
+try:
+    require("parsl")
+    require("dask")
+    MISSING = ""
+except EngineUnavailable as exc:  # CI installs both (make test); say why when they are not
+    MISSING = str(exc)
+needs_engines = pytest.mark.skipif(bool(MISSING), reason=MISSING)
+# The endpoints cannot import this test module: ship its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+ENGINES = ["parsl", "dask"]
+#: Fast autoscaling for tests: decide every 0.2 s, release a block idle for 1 s.
+AUTOSCALE = ("--init-blocks", "0", "--min-blocks", "0", "--max-blocks", "2",
+             "--strategy-period", "0.2", "--max-idletime", "1")
+
+
+def count_calls(x):
+    import os
+
+    import fabric.worker
+
+    s = fabric.worker.state()
+    s["calls"] = s.get("calls", 0) + 1
+    return x * 2, os.getpid(), s["calls"]
+
+
+def fails(x):
+    raise ValueError(f"bad input {x}")
+
+
+def dies_first_time(marker):
+    """Writes its pid to `marker` and hangs (to be killed); the rerun returns."""
+    import os
+    import pathlib
+    import time
+
+    p = pathlib.Path(marker)
+    if not p.exists():
+        p.write_text(str(os.getpid()))
+        time.sleep(60)
+    return "ran again"
+
+
+def nap(seconds):
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@pytest.fixture(scope="module")
+def fab(tmp_path_factory):
+    with LocalFabric(tmp_path_factory.mktemp("engines"), [], workers=1) as f:
+        for kind in ENGINES:
+            f.start_endpoint(kind, "--engine", kind)
+        with Client(f.address) as c:
+            c.wait_for_endpoints(len(ENGINES), timeout=90)
+        yield f
+        print(f.output())
+
+
+@pytest.fixture
+def client(fab):
+    with Client(fab.address) as c:
+        yield c
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@needs_engines
+@pytest.mark.parametrize("kind", ENGINES)
+def test_tasks_run_warm_and_fail_clearly(client, kind):
+    fid = client.register_function(count_calls)
+    tids = client.batch_run(fid, [((i,), {}) for i in range(8)], endpoint_id=kind)
+    rows = client.get_batch_result(tids, timeout=60)
+    assert [r[0] for r in rows] == [i * 2 for i in range(8)]
+    # One worker: every call ran in the same process, and per-function state
+    # survived between calls there (the function stayed warm).
+    assert len({r[1] for r in rows}) == 1
+    assert sorted(r[2] for r in rows)[-1] >= 8
+    assert rows[0][1] != os.getpid()
+
+    bad = client.run(3, function_id=client.register_function(fails), endpoint_id=kind)
+    with pytest.raises(TaskFailed) as err:
+        client.get_result(bad, timeout=60)
+    assert isinstance(err.value.cause, ValueError)
+    assert "bad input 3" in str(err.value)
+
+
+@needs_engines
+@pytest.mark.parametrize("kind", ENGINES)
+def test_a_killed_engine_worker_reruns_the_task_then_fails_it(client, kind, tmp_path):
+    fid = client.register_function(dies_first_time)
+
+    def kill_the_worker_running(marker: Path) -> None:
+        wait_until(lambda: marker.exists() and marker.read_text(), 60, "the task to start")
+        pid = int(marker.read_text())
+        assert pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+
+    # Retries allowed (the endpoint's default, 1): the task runs again and succeeds.
+    marker = tmp_path / "once"
+    tid = client.run(str(marker), function_id=fid, endpoint_id=kind)
+    kill_the_worker_running(marker)
+    assert client.get_result(tid, timeout=60) == "ran again"
+
+    # No retries: the task fails with WorkerDied, naming the engine.
+    marker = tmp_path / "never"
+    tid = client.run(str(marker), function_id=fid, endpoint_id=kind, max_retries=0)
+    kill_the_worker_running(marker)
+    with pytest.raises(WorkerDied, match=kind):
+        client.get_result(tid, timeout=60)
+
+    # The engine replaced its worker: the endpoint still runs tasks.
+    again = client.run(1, function_id=client.register_function(count_calls), endpoint_id=kind)
+    assert client.get_result(again, timeout=60)[0] == 2
+
+
+@needs_engines
+@pytest.mark.parametrize("kind", ENGINES)
+def test_blocks_scale_out_under_a_burst_and_back_in_when_idle(fab, client, kind):
+    name = f"{kind}-auto"
+    fab.start_endpoint(name, "--engine", kind, *AUTOSCALE)
+    try:
+        wait_until(lambda: any(e.name == name and e.online for e in client.endpoints()), 60,
+                   f"{name} to connect")
+        fid = client.register_function(nap)
+        tids = client.batch_run(fid, [((0.5,), {}) for _ in range(8)], endpoint_id=name)
+        pids = set(client.get_batch_result(tids, timeout=90))
+        # Started with no block at all; the burst made the engine add a second one.
+        assert len(pids) == 2, pids
+        # Idle for longer than --max-idletime: the engine releases the blocks.
+        wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), 60,
+                   f"{kind} to release its idle workers {pids}")
+    finally:
+        fab.endpoints[name].stop(30)
+
+
+def test_choosing_an_engine_that_is_not_installed_names_the_extra(monkeypatch, tmp_path):
+    from fabric.endpoint.engines import EngineConfig, EngineContext, make_engine
+
+    monkeypatch.setitem(sys.modules, "parsl", None)  # as if the extra were not installed
+    ctx = EngineContext(workers=1, on_results=lambda rs: None, max_result_bytes=1 << 20,
+                        max_retries=0, run_dir=tmp_path)
+    with pytest.raises(EngineUnavailable, match=r"pip install 'fabric-fx\[parsl\]'"):
+        make_engine(EngineConfig(kind="parsl"), ctx)
+
+
+def test_credits_follow_the_engines_real_capacity():
+    # No worker yet and no block that could still start: no credits at all.
+    assert engine_capacity(0, False, 4) == 0
+    # No worker yet, the autoscaler may add a block: one block's worth, so it sees work.
+    assert engine_capacity(0, True, 4) == 4
+    # Two workers: keep each busy (one running, one waiting), plus headroom while growing.
+    assert engine_capacity(2, False, 4) == 4
+    assert engine_capacity(2, True, 4) == 8
