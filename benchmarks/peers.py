@@ -38,10 +38,11 @@ class Engine:
         """A future (concurrent.futures-like: `.result(timeout)`)."""
         return self._submit(fn, *args)
 
-    def run_all(self, fn: Callable[..., Any], calls: Sequence[Call], batch: int = 1,
+    def run_all(self, fn: Callable[..., Any], calls: Sequence[Call], batch: int = 0,
                 timeout: float = 600) -> list[Any]:
-        """Every call submitted at once, then every result. Engines without a batch
-        API ignore `batch` (their per-call submit is what a user would write)."""
+        """Every call submitted at once, then every result. `batch` 0: one submit per call,
+        as a user of a concurrent.futures executor writes it; B >= 1: the engine's batch API,
+        B calls at a time. Engines without one ignore `batch`."""
         futures = [self.submit(fn, *c) for c in calls]
         return [f.result(timeout=timeout) for f in futures]
 
@@ -54,27 +55,42 @@ class ProcessPool(Engine):
         super().__init__("process-pool", workers, ex.submit)
         self.ex = ex
 
-    def run_all(self, fn: Callable[..., Any], calls: Sequence[Call], batch: int = 1,
+    def run_all(self, fn: Callable[..., Any], calls: Sequence[Call], batch: int = 0,
                 timeout: float = 600) -> list[Any]:
-        if batch <= 1:
+        if batch < 1:
             return super().run_all(fn, calls, timeout=timeout)
         return list(self.ex.map(fn, *zip(*calls), chunksize=batch, timeout=timeout))
 
 
+class Dask(Engine):
+    def __init__(self, dc: Any, workers: int) -> None:
+        super().__init__("dask", workers, lambda fn, *args: dc.submit(fn, *args, pure=False))
+        self.dc = dc
+
+    def run_all(self, fn: Callable[..., Any], calls: Sequence[Call], batch: int = 0,
+                timeout: float = 600) -> list[Any]:
+        if batch < 1:
+            return super().run_all(fn, calls, timeout=timeout)
+        futures = self.dc.map(fn, *zip(*calls), pure=False, batch_size=batch)
+        return self.dc.gather(futures)
+
+
 class Fabric(Engine):
-    """`submit` goes through `fabric.client.Executor`; `run_all` with batch > 1 through
-    `Client.batch_run` (one Submit per `batch` calls) and one `get_batch_result`."""
+    """`submit` goes through `fabric.client.Executor` (which coalesces a burst of submits
+    into few Submit calls); `run_all` with batch B >= 1 through `Client.batch_run`, one
+    Submit of B calls at a time, each waited for, then one `get_batch_result`."""
 
     def __init__(self, fab: Any, client: Any, executor: Any, workers: int,
                  policy: str = "") -> None:
         super().__init__("fabric", workers, executor.submit)
         self.fab = fab
+        self.executor = executor
         self.client = client  # a second Client: an Executor owns the one it is given
         self.policy = policy
 
-    def run_all(self, fn: Callable[..., Any], calls: Sequence[Call], batch: int = 1,
+    def run_all(self, fn: Callable[..., Any], calls: Sequence[Call], batch: int = 0,
                 timeout: float = 600) -> list[Any]:
-        if batch <= 1:
+        if batch < 1:
             return super().run_all(fn, calls, timeout=timeout)
         fid = self.client.register_function(fn)
         tids: list[str] = []
@@ -82,6 +98,11 @@ class Fabric(Engine):
             tids += self.client.batch_run(fid, [(c, {}) for c in calls[i:i + batch]],
                                           policy=self.policy)
         return self.client.get_batch_result(tids, timeout=timeout)
+
+    def map_chunked(self, fn: Callable[..., Any], calls: Sequence[Call], chunksize: int,
+                    timeout: float = 600) -> list[Any]:
+        """`Executor.map(chunksize=B)`: B calls per task, as ProcessPoolExecutor.map does."""
+        return list(self.executor.map(fn, *zip(*calls), chunksize=chunksize, timeout=timeout))
 
 
 @contextlib.contextmanager
@@ -149,10 +170,7 @@ def _dask(workers: int) -> Iterator[Engine | None]:
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, DaskClient(cluster) as dc:
-        def submit(fn: Callable[..., Any], *args: Any) -> Any:
-            return dc.submit(fn, *args, pure=False)
-
-        yield Engine("dask", workers, submit)
+        yield Dask(dc, workers)
 
 
 @contextlib.contextmanager
