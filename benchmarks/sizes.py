@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="round trips at sizes up to 100K (fewer above: a quarter at 1M, "
                              "down to 3 at 100M)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per round trip")
+    parser.add_argument("--hub-max-payload", default=None,
+                        help="start Fabric's hub with this --max-payload (e.g. 512K; default: "
+                             "the hub's own default), to see how a refused size is reported")
 
 
 def samples_for(size: int, base: int) -> int:
@@ -79,12 +82,14 @@ def run(args: argparse.Namespace) -> int:
         args.samples = min(args.samples, 10)
     engines = peers_arg(args.peers)
     rows: list[dict[str, Any]] = []
-    # Fabric's hub takes payloads up to its --max-payload (fabric/config.py); the
-    # sweep runs with the defaults a user gets, so a refusal is a finding.
+    # Fabric's hub takes payloads up to its --max-payload (fabric/config.py); by default
+    # the sweep runs with the limits a user gets, so a refusal is a finding.
+    hub_args = (("--max-payload", str(parse_size(args.hub_max_payload)))
+                if args.hub_max_payload else ())
     with progress() as bars:
         for name in engines:
             bar = bars.add_task(f"{name} ({args.workers} workers)", total=len(sizes))
-            with open_engine(name, args.workers) as eng:
+            with open_engine(name, args.workers, hub_args=hub_args) as eng:
                 if eng is None:
                     bars.remove_task(bar)
                     continue
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
              "Fabric is faster)"]
     notes += [f"{r['engine']} at {r['size']}: {r['error']}" for r in rows if r["error"]]
     write_report("sizes", {"args": vars(args)}, title, COLUMNS + ratio_columns(rows),
-                 [{k: v for k, v in r.items()} for r in rows], notes,
+                 rows, notes,
                  lambda p: plot(rows, p), args.out)
     return 0
 
