@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 from typing import Sequence
+
+from benchmarks.common import RESULTS
 
 # Scenarios with `add_arguments(parser)` and `run(args) -> exit code`, in help order.
 SCENARIOS = {
@@ -32,8 +35,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks") 
     noop.add_argument("--workers", type=int, default=2)
     noop.add_argument("--tasks", type=int, default=20_000)
     noop.add_argument("--samples", type=int, default=500, help="sequential round trips")
-    noop.add_argument("--peers", default="process-pool,fabric,dask,parsl",
+    noop.add_argument("--peers", default="process-pool,fabric,dask,parsl,ray",
                       help="comma-separated: process-pool, fabric, dask, parsl, ray")
+    noop.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
     chaos = sub.add_parser("chaos", help="faults mid-run (kills, stalls): nothing lost, "
                                           "nothing twice, time to requeue")
     chaos.add_argument("--tasks", type=int, default=20_000, help="tasks per scenario")
@@ -48,7 +52,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks") 
     if args.bench == "noop":
         from benchmarks.noop import main as run
 
-        run(args.workers, args.tasks, args.samples, tuple(args.peers.split(",")))
+        run(args.workers, args.tasks, args.samples, tuple(args.peers.split(",")), args.out)
     elif args.bench == "chaos":
         from benchmarks.chaos import main as run_chaos
 

@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 COLUMNS = [("engine", "engine", "{}"), ("duration_ms", "d ms", "{:g}"),
            ("tasks", "tasks", "{:,}"), ("tasks_per_s", "tasks/s", "{:,.0f}"),
            ("efficiency", "efficiency", "{:.2f}")]
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, (a, b) = figure(2)
     for name in dict.fromkeys(r["engine"] for r in rows):
