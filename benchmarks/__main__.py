@@ -11,6 +11,8 @@ from benchmarks.common import RESULTS
 
 # Scenarios with `add_arguments(parser)` and `run(args) -> exit code`, in help order.
 SCENARIOS = {
+    "latency": ("benchmarks.latency", "warm round trip p50/p90/p99 through one endpoint, "
+                                      "per-hop breakdown with --trace"),
     "durations": ("benchmarks.durations", "task duration sweep (0-100 ms): throughput and "
                                           "efficiency vs peers"),
     "sizes": ("benchmarks.sizes", "argument/result size sweep (1 KB-100 MB): round trip and "
@@ -59,7 +61,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks") 
         run_chaos(args.tasks, tuple(s.strip() for s in args.scenario.split(",") if s.strip()),
                   args.workers, args.task_ms)
     else:
-        raise SystemExit(importlib.import_module(SCENARIOS[args.bench][0]).run(args))
+        module = importlib.import_module(SCENARIOS[args.bench][0])
+        raise SystemExit(getattr(module, "run_scenario", module.run)(args))
 
 
 if __name__ == "__main__":
