@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                 bars.advance(bar)
     add_peer_ratios(rows)
     rows.sort(key=lambda r: (r["sweep"], r["engine"] != "fabric", r["engine"]))
-    title = (f"Batch size (no-op tasks) and endpoint prefetch ({args.task_ms:g} ms tasks) "
+    title = (f"Batch size (instant tasks) and endpoint prefetch ({args.task_ms:g} ms tasks) "
              f"sweeps, {args.workers} workers")
     notes = ["batch: calls per Submit (Fabric batch_run), per worker message (PPE "
              "map chunksize), per Dask Client.map batch_size; 0 = submit per call (Fabric: the "
@@ -141,27 +141,31 @@ def add_peer_ratios(rows: list[dict[str, Any]]) -> None:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, (a, b) = figure(2)
-    for name in dict.fromkeys(r["engine"] for r in rows):
+    style = {"batch_run": "o-", "map": "s-."}
+    for i, name in enumerate(dict.fromkeys(r["engine"] for r in rows)):
+        color = f"C{i}"
         mine = [r for r in rows if r["engine"] == name and r["sweep"] == "batch"]
-        per_call = [r for r in mine if r["batch"] == 0]
         for api in dict.fromkeys(r["api"] for r in mine if r["batch"] >= 1):
             line = [r for r in mine if r["api"] == api and r["batch"] >= 1]
-            a.plot([r["batch"] for r in line], [r["tasks_per_s"] for r in line], "o-",
-                   label=f"{name} {api}")
-        if per_call:
-            a.axhline(per_call[0]["tasks_per_s"], ls="--", lw=0.8, label=f"{name} submit per call")
+            a.plot([r["batch"] for r in line], [r["tasks_per_s"] for r in line],
+                   style.get(api, "o-"), color=color, label=f"{name} {api}")
+        for r in mine:
+            if r["batch"] == 0:
+                a.axhline(r["tasks_per_s"], ls=":", color=color, label=f"{name} submit per call")
         pre = [r for r in rows if r["engine"] == name and r["sweep"] == "prefetch"]
         if name == "fabric":
             b.plot([r["prefetch"] for r in pre], [r["tasks_per_s"] for r in pre], "o-",
-                   label=name)
+                   color=color, label=name)
         elif pre:
-            b.axhline(pre[0]["tasks_per_s"], ls="--", label=name)
+            b.axhline(pre[0]["tasks_per_s"], ls=":", color=color, label=name)
     a.set_xscale("log")
-    a.set_xlabel("batch size (calls per submit)")
-    a.set_title("no-op throughput vs batch size")
+    a.set_yscale("log")
+    a.set_xlabel("batch size (calls per submit / per task)")
+    a.set_title("instant-task throughput vs batch size")
     b.set_xlabel("endpoint --prefetch")
     b.set_title("short-task throughput vs prefetch")
+    b.set_ylim(bottom=0)
     for ax in (a, b):
         ax.set_ylabel("tasks / s")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     finish(fig, path)

@@ -195,6 +195,8 @@ def write_report(name: str, payload: dict[str, Any], title: str, columns: Sequen
                  out: Path | None = None) -> dict[str, Path]:
     """Every scenario's ending: `name-<stamp>.json` (payload + machine + when + rows),
     `.md` (title, machine, table, notes), `.png` (if `plot`), and the table on the console."""
+    if payload.get("args", {}).get("quick"):
+        title += " [--quick]"
     payload = {"scenario": name, "machine": machine(),
                "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **payload, "rows": list(rows),
                "notes": list(notes)}

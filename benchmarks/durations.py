@@ -73,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
                     rows.append(measure(eng, d, n))
                     bars.advance(bar)
     add_ratios(rows, "duration_ms", "tasks_per_s")
-    title = (f"Task duration sweep: {args.workers} workers, tasks sleep d "
-             f"({'quick' if args.quick else 'full'})")
+    title = f"Task duration sweep: {args.workers} workers, tasks sleep d"
     notes = ["efficiency = tasks/s over the ideal workers / d (1.00: the engine costs nothing); "
              "x PPE / x parsl / x dask = Fabric's tasks/s over that peer's at the same d, "
              "same run"]
