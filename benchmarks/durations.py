@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ideal busy time per point (tasks = workers x seconds / d)")
     parser.add_argument("--noop-tasks", type=int, default=20_000, help="tasks at d = 0")
     parser.add_argument("--max-tasks", type=int, default=20_000, help="cap per point")
+    parser.add_argument("--prefetch", type=int, default=0,
+                        help="fabric endpoint start --prefetch: tasks each endpoint holds "
+                             "beyond its free workers (0 = the default)")
 
 
 def plan(args: argparse.Namespace) -> list[tuple[float, int]]:
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     with progress() as bars:
         for name in engines:
             bar = bars.add_task(f"{name} ({args.workers} workers)", total=len(points))
-            with open_engine(name, args.workers) as eng:
+            with open_engine(name, args.workers,
+                             endpoint_args=("--prefetch", str(args.prefetch))) as eng:
                 if eng is None:
                     bars.remove_task(bar)
                     continue
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                     rows.append(measure(eng, d, n))
                     bars.advance(bar)
     add_ratios(rows, "duration_ms", "tasks_per_s")
-    title = f"Task duration sweep: {args.workers} workers, tasks sleep d"
+    title = (f"Task duration sweep: {args.workers} workers, tasks sleep d, Fabric endpoint "
+             f"--prefetch {args.prefetch}")
     notes = ["efficiency = tasks/s over the ideal workers / d (1.00: the engine costs nothing); "
              "x PPE / x parsl / x dask = Fabric's tasks/s over that peer's at the same d, "
              "same run"]

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ideal busy time per point (tasks = E x W x seconds / duration)")
     parser.add_argument("--policy", default="round-robin",
                         help="how the hub spreads tasks over the endpoints")
+    parser.add_argument("--prefetch", type=int, default=0,
+                        help="fabric endpoint start --prefetch: tasks each endpoint holds "
+                             "beyond its free workers (0 = the default)")
 
 
 def measure(engine: Any, endpoints: int, per_endpoint: int, d: float, seconds: float
@@ -67,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
             for e, w in shapes:
                 # A fresh engine per shape: Fabric's endpoints and the peers' pools are sized
                 # when they start.
-                kwargs = {"endpoints": e, "policy": args.policy} if name == "fabric" else {}
+                kwargs = {"endpoints": e, "policy": args.policy,
+                          "endpoint_args": ("--prefetch", str(args.prefetch))} \
+                    if name == "fabric" else {}
                 with open_engine(name, e * w, **kwargs) as eng:
                     if eng is None:
                         bars.remove_task(bar)
@@ -76,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
                     rows.append(measure(eng, e, w, d, args.seconds))
                 bars.advance(bar)
     add_ratios(rows, "total_workers", "tasks_per_s")
-    title = (f"Scaling: E endpoints x W workers ({args.task_ms:g} ms tasks, {args.policy}) "
+    title = (f"Scaling: E endpoints x W workers ({args.task_ms:g} ms tasks, {args.policy}, "
+             f"--prefetch {args.prefetch}) "
              f"vs peers with E x W workers")
     notes = ["efficiency = tasks/s over the ideal E x W / task duration; x <peer> = Fabric's "
              "tasks/s over the peer's with the same total workers, same run"]
