@@ -48,6 +48,9 @@ def fabric_rows(payload: dict) -> list[dict]:
 
 
 def test_durations_through_the_fabric_bench_alias(tmp_path):
+    help_ = CliRunner().invoke(fabric_cli, ["bench", "--help"])  # the harness's own help
+    assert help_.exit_code == 0 and "fabric bench" in help_.output
+    assert all(s in help_.output for s in ("durations", "sizes", "batching", "workers", "routing"))
     result = CliRunner().invoke(fabric_cli, [
         "bench", "durations", "--durations-ms", "0,10", "--noop-tasks", "200", "--seconds",
         "0.2", *PEERS, "--out", str(tmp_path)])
