@@ -1,12 +1,14 @@
 """Warm round-trip latency of one Fabric task at a time, with a per-hop breakdown.
 
-    python -m benchmarks.latency [--samples 1000] [--workers 1] [--trace]
+    fabric bench latency [--samples 1000] [--workers 1] [--trace] [--quick]
+    (also: python -m benchmarks.latency ...)
 
 Starts a hub and one endpoint as real processes (LocalFabric), warms up, then
 runs `samples` sequential `Executor.submit(noop).result()` calls and prints
 p50/p90/p99. With --trace every process logs CLOCK_MONOTONIC timestamps per
 hop (FABRIC_TRACE, see fabric/worker/trace.py) and the median time between
-consecutive hops is printed, so one can see where a round trip goes.
+consecutive hops is printed, so one can see where a round trip goes. Writes
+latency-<stamp>.json (every sample), .md and .png (the distribution).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import noop, percentiles
+from benchmarks.common import RESULTS, figure, finish, noop, percentiles, write_report
 
 
 def run(samples: int = 1000, workers: int = 1, warmup: int = 300,
@@ -44,7 +46,7 @@ def run(samples: int = 1000, workers: int = 1, warmup: int = 300,
                     f.result(timeout=60)
                     rtts.append(clock() - t)
                     ids.append(f.task_id)  # type: ignore[attr-defined]
-    return {"latency": percentiles(rtts), "task_ids": ids}
+    return {"latency": percentiles(rtts), "task_ids": ids, "samples_s": rtts}
 
 
 def breakdown(trace_dir: str, task_ids: list[str]) -> list[tuple[str, float, float]]:
@@ -72,26 +74,57 @@ def breakdown(trace_dir: str, task_ids: list[str]) -> list[tuple[str, float, flo
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--trace", action="store_true", help="per-hop breakdown (FABRIC_TRACE)")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true", help="200 samples")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
+
+
+def run_scenario(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.samples = min(args.samples, 200)
     trace_dir = tempfile.mkdtemp(prefix="fabric-trace-") if args.trace else None
     if trace_dir:
         os.environ["FABRIC_TRACE"] = trace_dir  # this process (the client) traces too
     r = run(args.samples, args.workers, trace_dir=trace_dir)
     lat = r["latency"]
-    print(f"round trip, {lat['n']} samples: p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f} ms"
-          f"  p99 {lat['p99_ms']:.3f} ms  mean {lat['mean_ms']:.3f} ms")
+    rows = [{"hop": "round trip", "p50_us": lat["p50_ms"] * 1000, "p90_us": lat["p90_ms"] * 1000,
+             "p99_us": lat["p99_ms"] * 1000}]
     if trace_dir:
-        total = 0.0
-        print(f"\n{'hop':<34}{'p50 us':>9}{'p90 us':>9}")
-        for hop, med, p90 in breakdown(trace_dir, r["task_ids"]):
-            total += med
-            print(f"{hop:<34}{med:>9.0f}{p90:>9.0f}")
-        print(f"{'sum of medians':<34}{total:>9.0f}")
+        rows += [{"hop": hop, "p50_us": med, "p90_us": p90}
+                 for hop, med, p90 in breakdown(trace_dir, r["task_ids"])]
+    columns = [("hop", "hop", "{}"), ("p50_us", "p50 us", "{:,.0f}"),
+               ("p90_us", "p90 us", "{:,.0f}"), ("p99_us", "p99 us", "{:,.0f}")]
+    notes = [f"{lat['n']} sequential Executor.submit(noop).result() calls after a warm-up, "
+             f"one endpoint with {args.workers} worker(s); mean {lat['mean_ms']:.3f} ms"]
+    if trace_dir:
+        notes.append("hops: median (p90) time between consecutive FABRIC_TRACE stamps")
+    write_report("latency", {"args": vars(args), "latency": lat, "samples_s": r["samples_s"]},
+                 "Warm round trip, one task at a time", columns, rows, notes,
+                 lambda path: plot(r["samples_s"], path), args.out)
+    return 0
+
+
+def plot(samples_s: list[float], path: Path) -> None:
+    fig, (a, b) = figure(2)
+    ms = sorted(x * 1000 for x in samples_s)
+    a.hist(ms, bins=50, color="tab:blue")
+    a.set_xlabel("round trip (ms)")
+    a.set_title("distribution")
+    b.plot(ms, [i / len(ms) for i in range(1, len(ms) + 1)], color="tab:blue")
+    b.set_xscale("log")
+    b.set_xlabel("round trip (ms)")
+    b.set_ylabel("fraction of calls at most")
+    b.set_title("CDF")
+    finish(fig, path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency")
+    add_arguments(p)
+    raise SystemExit(run_scenario(p.parse_args()))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
     fabric endpoint simulate --hub 127.0.0.1:50051 --count 1000 --workers 10
     fabric endpoints | fabric tasks | fabric status
     fabric token create --user alice | fabric endpoint share laptop --with bob
+    fabric bench durations --quick
 """
 
 from __future__ import annotations
@@ -209,6 +210,20 @@ def endpoint_simulate(hub: str, count: int, workers: int, runtime: float, prefet
     except TimeoutError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": []})  # --help goes to the harness
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Run a benchmark scenario: `fabric bench SCENARIO [options]` is
+    `python -m benchmarks SCENARIO [options]` (`fabric bench --help` lists them)."""
+    try:
+        from benchmarks.__main__ import main as run_benchmarks
+    except ImportError as exc:  # an install without the source tree or the bench extra
+        raise click.ClickException(f"the benchmark harness is not importable ({exc}); from a "
+                                   "source checkout: pip install -e '.[bench,peers]'") from exc
+    run_benchmarks(list(args), prog="fabric bench")
 
 
 def _exit_on_error(fn: Any, *args: Any) -> Any:
