@@ -14,6 +14,12 @@ _os.environ.setdefault(
     "GRPC_EXPERIMENTS",
     "-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints")
 
+# Our processes fork only to exec (workers, Parsl's block launch), and never
+# use gRPC in a forked child. gRPC's fork handlers, run in such a child while
+# its poller threads are busy, can abort it (seen: Parsl's launch shell dying
+# with SIGABRT from an epoll_wait on a closed fd). So they stay off.
+_os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
