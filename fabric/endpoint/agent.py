@@ -350,15 +350,22 @@ class Endpoint:
                 m.error.CopyFrom(error_to_proto(r.error))
             fresh.append(m)
         if _TON: _trace(fresh[0].task_id, 'e_result_in')
-        if self.outbox is not None:
-            # On disk before it is sent: a crash from here on cannot lose the result.
-            self.outbox.put(fresh)
-        if _TON: _trace(fresh[0].task_id, 'e_outboxed')
         for m in fresh:
             self.unacked[m.task_id] = m
             self._to_send.append(m)
         self.completed += len(results)
         self._wake.set()
+        if self.outbox is not None:
+            # On disk in this same loop turn, just after the writer (woken above, so
+            # scheduled first) has handed the results to gRPC: the disk write overlaps
+            # the send instead of delaying it. A crash in between loses nothing the
+            # hub would not recover: it has the result, or requeues the task.
+            asyncio.get_running_loop().call_soon(self._save, fresh)
+
+    def _save(self, results: list[pb.TaskResult]) -> None:
+        if self.outbox is not None:
+            self.outbox.put([r for r in results if r.task_id in self.unacked])
+            if _TON: _trace(results[0].task_id, 'e_outboxed')
 
 
 def pack_outgoing(msg: pb.EndpointMessage, to_send: list[pb.TaskResult], n: int,
