@@ -32,6 +32,11 @@ def main() -> None:
     from benchmarks.scale import add_arguments as add_scale_arguments
 
     add_scale_arguments(scale)
+    engines = sub.add_parser("engines", help="no-op throughput and latency through the fabric "
+                                             "on each engine vs that engine alone")
+    from benchmarks.engines import add_arguments as add_engine_arguments
+
+    add_engine_arguments(engines)
     args = parser.parse_args()
     if args.bench == "noop":
         from benchmarks.noop import main as run
@@ -45,6 +50,10 @@ def main() -> None:
         from benchmarks.scale import run as run_scale
 
         raise SystemExit(run_scale(args))
+    elif args.bench == "engines":
+        from benchmarks.engines import run as run_engines
+
+        run_engines(args)
     elif args.bench == "chaos":
         from benchmarks.chaos import main as run_chaos
 

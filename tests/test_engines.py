@@ -22,7 +22,7 @@ from fabric.errors import EngineUnavailable, TaskFailed, WorkerDied
 from fabric.launch import LocalFabric
 
 from fabric.endpoint.engines import require
-from fabric.endpoint.engines.futures import engine_capacity
+from fabric.endpoint.engines.futures import engine_capacity, tasks_per_worker
 
 try:
     require("parsl")
@@ -184,6 +184,9 @@ def test_credits_follow_the_engines_real_capacity():
     assert engine_capacity(0, False, 4) == 0
     # No worker yet, the autoscaler may add a block: one block's worth, so it sees work.
     assert engine_capacity(0, True, 4) == 4
-    # Two workers: keep each busy (one running, one waiting), plus headroom while growing.
-    assert engine_capacity(2, False, 4) == 4
-    assert engine_capacity(2, True, 4) == 8
+    # Two workers: keep each busy, plus headroom while growing.
+    assert engine_capacity(2, False, 4, per_worker=2) == 4
+    assert engine_capacity(2, True, 4, per_worker=2) == 8
+    # Short tasks: more queued per worker, so none idles while results travel back.
+    assert tasks_per_worker(None) == 2 and tasks_per_worker(10.0) == 2
+    assert tasks_per_worker(0.001) == 32 and tasks_per_worker(0.01) == 5
