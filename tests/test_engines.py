@@ -190,3 +190,22 @@ def test_credits_follow_the_engines_real_capacity():
     # Short tasks: more queued per worker, so none idles while results travel back.
     assert tasks_per_worker(None) == 2 and tasks_per_worker(10.0) == 2
     assert tasks_per_worker(0.001) == 32 and tasks_per_worker(0.01) == 5
+
+
+@needs_engines
+def test_batch_providers_come_from_configuration():
+    from fabric.endpoint.engines import EngineConfig
+    from fabric.endpoint.engines.parsl import make_provider
+
+    slurm = make_provider(EngineConfig(
+        kind="parsl", provider="slurm", min_blocks=0, max_blocks=4, nodes_per_block=2,
+        provider_options={"partition": "gpu", "account": "proj", "walltime": "00:30:00"}))
+    assert type(slurm).__name__ == "SlurmProvider"
+    assert (slurm.partition, slurm.account, slurm.walltime) == ("gpu", "proj", "00:30:00")
+    assert (slurm.max_blocks, slurm.nodes_per_block) == (4, 2)
+    pbs = make_provider(EngineConfig(kind="parsl", provider="pbspro",
+                                     provider_options={"queue": "workq"}))
+    assert type(pbs).__name__ == "PBSProProvider" and pbs.queue == "workq"
+    with pytest.raises(EngineUnavailable, match="slurm provider"):
+        make_provider(EngineConfig(kind="parsl", provider="slurm",
+                                   provider_options={"no_such_option": 1}))
