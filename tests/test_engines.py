@@ -79,7 +79,8 @@ def nap(seconds):
 def fab(tmp_path_factory):
     with LocalFabric(tmp_path_factory.mktemp("engines"), [], workers=1) as f:
         for kind in ENGINES:
-            f.start_endpoint(kind, "--engine", kind)
+            # A short strategy period: Parsl starts even the first block on its first pass.
+            f.start_endpoint(kind, "--engine", kind, "--strategy-period", "0.5")
         with Client(f.address) as c:
             c.wait_for_endpoints(len(ENGINES), timeout=90)
         yield f
