@@ -210,3 +210,30 @@ def test_batch_providers_come_from_configuration():
     with pytest.raises(EngineUnavailable, match="slurm provider"):
         make_provider(EngineConfig(kind="parsl", provider="slurm",
                                    provider_options={"no_such_option": 1}))
+
+
+@needs_engines
+def test_dask_engine_joins_a_running_cluster(fab, client):
+    """--scheduler: the endpoint is a client of a cluster someone else runs
+    (here a `dask scheduler` and a `dask worker` process)."""
+    from fabric.launch import spawn_command, stop_all
+
+    scheduler = spawn_command("dask scheduler", [
+        sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+        "--port", "0", "--no-dashboard"])
+    children = [scheduler]
+    try:
+        address = scheduler.wait_for(r"Scheduler at:\s+(tcp://\S+)", 60).group(1)
+        children.append(spawn_command("dask worker", [
+            sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+            "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"]))
+        fab.start_endpoint("dask-joined", "--engine", "dask", "--scheduler", address)
+        children.append(fab.endpoints["dask-joined"])
+        wait_until(lambda: any(e.name == "dask-joined" and e.online
+                               for e in client.endpoints()), 60, "dask-joined to connect")
+        fid = client.register_function(count_calls)
+        tids = client.batch_run(fid, [((i,), {}) for i in range(4)], endpoint_id="dask-joined")
+        rows = client.get_batch_result(tids, timeout=60)
+        assert {r[1] for r in rows} == {children[1].pid}  # ran on that cluster's worker
+    finally:
+        stop_all(children[::-1], 20)
