@@ -27,6 +27,8 @@ SCENARIOS = {
                                         "bound) and decision time per task"),
     "scale": ("benchmarks.scale", "one hub, 1 to 1,000 simulated endpoint streams: dispatch "
                                   "rate, hub CPU and memory"),
+    "engines": ("benchmarks.engines", "no-op throughput and latency through the fabric on each "
+                                      "engine (local, parsl, dask) vs that engine alone"),
 }
 
 

@@ -213,3 +213,25 @@ def test_allow_list_refuses_other_functions(local_fabric, home):
         # The file's allow-list reaches the hub, which refuses at submission: nothing is stored.
         with pytest.raises(PermissionDenied, match="allow-list"):
             c.run(function_id=other, endpoint_id="strict")
+
+
+
+def test_start_flags_beat_the_file_and_the_file_beats_flag_defaults(home, monkeypatch):
+    from fabric.cli import endpoint_start
+    from fabric.cli.manage import build_config
+
+    settings.write_template("mix", hub="10.0.0.1:1", engine="dask", workers=3)
+    monkeypatch.setenv("FABRIC_HUB", "10.9.9.9:9")
+
+    def config_for(*args: str):
+        ctx = endpoint_start.make_context("start", ["mix", *args])
+        with ctx:
+            return build_config("mix", ctx)
+
+    cfg = config_for()
+    assert (cfg.hub, cfg.workers, cfg.engine.kind, cfg.prefetch) == ("10.0.0.1:1", 3, "dask", 0)
+    cfg = config_for("--workers", "5", "--engine", "local", "--hub", "h:2", "--max-blocks", "3")
+    assert (cfg.hub, cfg.workers, cfg.engine.kind, cfg.engine.max_blocks) == ("h:2", 5, "local", 3)
+    # A setting the file leaves out still takes the flag's default (here: $FABRIC_HUB).
+    settings.config_file("mix").write_text("workers = 2\n")
+    assert config_for().hub == "10.9.9.9:9"

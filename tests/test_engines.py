@@ -22,7 +22,7 @@ from fabric.errors import EngineUnavailable, TaskFailed, WorkerDied
 from fabric.launch import LocalFabric
 
 from fabric.endpoint.engines import require
-from fabric.endpoint.engines.futures import engine_capacity
+from fabric.endpoint.engines.futures import engine_capacity, tasks_per_worker
 
 try:
     require("parsl")
@@ -79,7 +79,8 @@ def nap(seconds):
 def fab(tmp_path_factory):
     with LocalFabric(tmp_path_factory.mktemp("engines"), [], workers=1) as f:
         for kind in ENGINES:
-            f.start_endpoint(kind, "--engine", kind)
+            # A short strategy period: Parsl starts even the first block on its first pass.
+            f.start_endpoint(kind, "--engine", kind, "--strategy-period", "0.5")
         with Client(f.address) as c:
             c.wait_for_endpoints(len(ENGINES), timeout=90)
         yield f
@@ -184,6 +185,55 @@ def test_credits_follow_the_engines_real_capacity():
     assert engine_capacity(0, False, 4) == 0
     # No worker yet, the autoscaler may add a block: one block's worth, so it sees work.
     assert engine_capacity(0, True, 4) == 4
-    # Two workers: keep each busy (one running, one waiting), plus headroom while growing.
-    assert engine_capacity(2, False, 4) == 4
-    assert engine_capacity(2, True, 4) == 8
+    # Two workers: keep each busy, plus headroom while growing.
+    assert engine_capacity(2, False, 4, per_worker=2) == 4
+    assert engine_capacity(2, True, 4, per_worker=2) == 8
+    # Short tasks: more queued per worker, so none idles while results travel back.
+    assert tasks_per_worker(None) == 2 and tasks_per_worker(10.0) == 2
+    assert tasks_per_worker(0.001) == 32 and tasks_per_worker(0.01) == 5
+
+
+@needs_engines
+def test_batch_providers_come_from_configuration():
+    from fabric.endpoint.engines import EngineConfig
+    from fabric.endpoint.engines.parsl import make_provider
+
+    slurm = make_provider(EngineConfig(
+        kind="parsl", provider="slurm", min_blocks=0, max_blocks=4, nodes_per_block=2,
+        provider_options={"partition": "gpu", "account": "proj", "walltime": "00:30:00"}))
+    assert type(slurm).__name__ == "SlurmProvider"
+    assert (slurm.partition, slurm.account, slurm.walltime) == ("gpu", "proj", "00:30:00")
+    assert (slurm.max_blocks, slurm.nodes_per_block) == (4, 2)
+    pbs = make_provider(EngineConfig(kind="parsl", provider="pbspro",
+                                     provider_options={"queue": "workq"}))
+    assert type(pbs).__name__ == "PBSProProvider" and pbs.queue == "workq"
+    with pytest.raises(EngineUnavailable, match="slurm provider"):
+        make_provider(EngineConfig(kind="parsl", provider="slurm",
+                                   provider_options={"no_such_option": 1}))
+
+
+@needs_engines
+def test_dask_engine_joins_a_running_cluster(fab, client):
+    """--scheduler: the endpoint is a client of a cluster someone else runs
+    (here a `dask scheduler` and a `dask worker` process)."""
+    from fabric.launch import spawn_command, stop_all
+
+    scheduler = spawn_command("dask scheduler", [
+        sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+        "--port", "0", "--no-dashboard"])
+    children = [scheduler]
+    try:
+        address = scheduler.wait_for(r"Scheduler at:\s+(tcp://\S+)", 60).group(1)
+        children.append(spawn_command("dask worker", [
+            sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+            "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"]))
+        fab.start_endpoint("dask-joined", "--engine", "dask", "--scheduler", address)
+        children.append(fab.endpoints["dask-joined"])
+        wait_until(lambda: any(e.name == "dask-joined" and e.online
+                               for e in client.endpoints()), 60, "dask-joined to connect")
+        fid = client.register_function(count_calls)
+        tids = client.batch_run(fid, [((i,), {}) for i in range(4)], endpoint_id="dask-joined")
+        rows = client.get_batch_result(tids, timeout=60)
+        assert {r[1] for r in rows} == {children[1].pid}  # ran on that cluster's worker
+    finally:
+        stop_all(children[::-1], 20)

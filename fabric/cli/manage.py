@@ -86,10 +86,13 @@ def build_config(name: str, ctx: click.Context) -> Any:
         return ctx.get_parameter_source(flag) not in (ParameterSource.DEFAULT,
                                                       ParameterSource.DEFAULT_MAP)
 
+    # A flag given wins over the file; the file wins over a flag's default.
+    in_file = {field for key, (field, _) in settings.ENDPOINT_KEYS.items() if key in values}
+    in_file_engine = set(values.get("engine", {}))
     overrides = {field: params[flag] for flag, field in ENDPOINT_FLAGS.items()
-                 if flag in params and (given(flag) or not path)}
+                 if flag in params and (given(flag) or field not in in_file)}
     engine = {field: params[flag] for flag, field in ENGINE_FLAGS.items()
-              if flag in params and (given(flag) or not path)}
+              if flag in params and (given(flag) or field not in in_file_engine)}
     return settings.endpoint_config(name, values, overrides, engine)
 
 

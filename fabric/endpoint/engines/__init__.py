@@ -14,6 +14,7 @@ one that is not installed raises EngineUnavailable naming the extra.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ KINDS = ("local", "parsl", "dask")
 PROVIDERS = ("local", "slurm", "pbspro", "kubernetes")
 #: engine -> (module it needs, the extra that installs it)
 _EXTRAS = {"parsl": ("parsl", "parsl"), "dask": ("distributed", "dask")}
+
+log = logging.getLogger("fabric.endpoint.engines")
 
 
 @dataclass
@@ -104,6 +107,9 @@ def require(kind: str) -> None:
 def make_engine(cfg: EngineConfig, ctx: EngineContext) -> Engine:
     cfg.validate()
     require(cfg.kind)
+    if cfg.pin_gpus and not ctx.gpus:
+        log.warning("pin_gpus: no GPU found (CUDA_VISIBLE_DEVICES, nvidia-smi); "
+                    "running %d unpinned workers", ctx.workers)
     if cfg.kind == "parsl":
         from fabric.endpoint.engines.parsl import ParslEngine
 

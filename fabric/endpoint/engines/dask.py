@@ -46,6 +46,10 @@ class DaskEngine(FutureEngine):
         if not logging.getLogger("distributed").isEnabledFor(logging.DEBUG):
             # Its INFO lines are per task: too many for an endpoint's log.
             logging.getLogger("distributed").setLevel(logging.WARNING)
+        if cfg.pin_gpus:
+            raise EngineUnavailable(
+                "the dask engine does not pin GPUs itself; start a dask-cuda cluster "
+                "(LocalCUDACluster) and give its --scheduler, or use the local or parsl engine")
         try:
             if cfg.scheduler_address:
                 self._client = await Client(cfg.scheduler_address, asynchronous=True,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import math
 from typing import Any, Iterable
 
 from fabric.endpoint.engines import EngineConfig, EngineContext
@@ -29,12 +30,27 @@ log = logging.getLogger("fabric.endpoint.engines")
 
 #: How often the watcher asks the engine how many workers it has.
 WATCH_PERIOD_S = 0.25
-#: Tasks handed to the engine per connected worker: one running, one waiting
-#: in the engine's queue, so a worker never idles while a result travels back.
-TASKS_PER_WORKER = 2
+#: Tasks handed to the engine per connected worker: enough that a worker never
+#: idles while results travel back through the engine (milliseconds for Parsl and
+#: Dask), few enough that long tasks spread evenly. Follows the observed runtime:
+#: about TARGET_QUEUED_S of work per worker, within MIN..MAX.
+TARGET_QUEUED_S = 0.05
+MIN_TASKS_PER_WORKER = 2
+MAX_TASKS_PER_WORKER = 32
+EWMA_ALPHA = 0.1
 
 
-def engine_capacity(workers: int, can_grow: bool, workers_per_block: int) -> int:
+def tasks_per_worker(ewma_runtime_s: float | None) -> int:
+    if ewma_runtime_s is None:
+        return MIN_TASKS_PER_WORKER
+    if ewma_runtime_s <= 0:
+        return MAX_TASKS_PER_WORKER
+    return max(MIN_TASKS_PER_WORKER,
+               min(MAX_TASKS_PER_WORKER, math.ceil(TARGET_QUEUED_S / ewma_runtime_s)))
+
+
+def engine_capacity(workers: int, can_grow: bool, workers_per_block: int,
+                    per_worker: int = MIN_TASKS_PER_WORKER) -> int:
     """Tasks an endpoint on a scaling engine should hold.
 
     Enough to keep each connected worker busy; while the autoscaler may still
@@ -42,7 +58,7 @@ def engine_capacity(workers: int, can_grow: bool, workers_per_block: int) -> int
     scales out for (Parsl's strategy and Dask's adaptive both scale on queued
     work). With no workers and no room to grow it is 0: the hub never floods
     an endpoint whose blocks have not started."""
-    return workers * TASKS_PER_WORKER + (workers_per_block if can_grow else 0)
+    return workers * per_worker + (workers_per_block if can_grow else 0)
 
 
 class FutureEngine(Engine):
@@ -55,6 +71,7 @@ class FutureEngine(Engine):
         self._done: list[WorkResult] = []
         self._slots = 0  # workers connected now
         self._can_grow = False  # the autoscaler may still add a block
+        self._ewma: float | None = None  # mean task runtime seen here
         self._watcher: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -162,7 +179,8 @@ class FutureEngine(Engine):
         return []
 
     def capacity(self) -> int:
-        return engine_capacity(self._slots, self._can_grow, self.workers_per_block)
+        return engine_capacity(self._slots, self._can_grow, self.workers_per_block,
+                               tasks_per_worker(self._ewma))
 
     @property
     def free_slots(self) -> int:
@@ -183,6 +201,8 @@ class FutureEngine(Engine):
         try:
             row = await self._call(item, self._bodies.get(item.function_id, b""), attempt)
             result = result_from_row(row)
+            rt = result.runtime_s
+            self._ewma = rt if self._ewma is None else self._ewma + EWMA_ALPHA * (rt - self._ewma)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a result

@@ -36,11 +36,12 @@ log = logging.getLogger("fabric.endpoint.engines.parsl")
 LABEL = "fabric"
 
 
-def make_provider(cfg: EngineConfig, worker_init: str) -> Any:
-    """The Parsl provider the configuration names, with its options passed through."""
+def make_provider(cfg: EngineConfig) -> Any:
+    """The Parsl provider the configuration names, with its options passed through.
+
+    Remote workers must import fabric and parsl: activate an environment that
+    has them with the provider's `worker_init` option."""
     opts = dict(cfg.provider_options)
-    # Workers must find this Python's packages (fabric, parsl) wherever they start.
-    opts["worker_init"] = "; ".join(p for p in (worker_init, opts.get("worker_init", "")) if p)
     common = dict(init_blocks=cfg.init_blocks, min_blocks=cfg.min_blocks,
                   max_blocks=cfg.max_blocks, nodes_per_block=cfg.nodes_per_block)
     try:
@@ -86,15 +87,16 @@ class ParslEngine(FutureEngine):
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")])
         local = cfg.provider == "local"
-        worker_init = ""
         self._executor = HighThroughputExecutor(
             label=LABEL,
-            provider=make_provider(cfg, worker_init),
+            provider=make_provider(cfg),
             address="127.0.0.1" if local else None,
             max_workers_per_node=ctx.workers,
             cores_per_worker=1e-6 if local else 1.0,  # local: exactly `workers`, whatever the cores
             available_accelerators=list(ctx.gpus) if cfg.pin_gpus else (),
-            heartbeat_period=2, heartbeat_threshold=10, poll_period=1,
+            # Local: notice a dead worker or manager within seconds. Batch clusters keep
+            # Parsl's defaults, which tolerate busy nodes and slow networks.
+            **(dict(heartbeat_period=2, heartbeat_threshold=10, poll_period=1) if local else {}),
             worker_logdir_root=str(ctx.run_dir / "parsl-workers"),
             encrypted=not local)
         config = Config(executors=[self._executor], run_dir=str(ctx.run_dir / "parsl"),
