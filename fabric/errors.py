@@ -15,6 +15,7 @@
     ├── EndpointOffline         the named endpoint is not connected
     ├── EndpointBusy            an endpoint with this name already runs here
     ├── NoEligibleEndpoint      no online endpoint can take the task
+    ├── QueueFull               the user's cap on unfinished tasks (the client waits and retries)
     ├── TaskPending             asked for a result that is not ready (non-blocking get)
     ├── TaskTimeout             waited for a result longer than `timeout` (also a TimeoutError)
     ├── TaskCancelled           the task was cancelled before it finished
@@ -94,6 +95,12 @@ class NoEligibleEndpoint(FabricError):
     kind = "NO_ELIGIBLE_ENDPOINT"
 
 
+class QueueFull(FabricError):
+    """Too many unfinished tasks of this user at the hub; `Client` waits and retries."""
+
+    kind = "QUEUE_FULL"
+
+
 class TaskPending(FabricError):
     """The result is not ready yet; pass `timeout=` to wait for it."""
 
@@ -164,6 +171,7 @@ BY_KIND: dict[str, type[FabricError]] = {
         TaskNotFound,
         EndpointOffline,
         NoEligibleEndpoint,
+        QueueFull,
         AuthError,
         PermissionDenied,
         HubUnavailable,
@@ -187,6 +195,7 @@ __all__ = [
     "EndpointOffline",
     "EndpointBusy",
     "NoEligibleEndpoint",
+    "QueueFull",
     "TaskPending",
     "TaskTimeout",
     "TaskCancelled",

@@ -31,7 +31,7 @@ from fabric.client.results import is_final, outcome
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
 from fabric.serialize import dumps_args, dumps_function, function_name
 from fabric.states import TaskState
-from fabric.wire import from_rpc_error, is_transient
+from fabric.wire import from_rpc_error, is_backpressure, is_transient
 
 log = logging.getLogger("fabric.client")
 ResultListener = Callable[[pb.TaskResult], bool]
@@ -92,7 +92,10 @@ class AsyncClient:
                 return await getattr(self.stub, method)(request, timeout=timeout,
                                                         metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
-                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                if is_backpressure(exc):
+                    # The hub is up and asks us to wait (our queue is full): not an error.
+                    deadline = time.monotonic() + self.retry_timeout
+                elif not is_transient(exc) or time.monotonic() + delay > deadline:
                     raise from_rpc_error(exc, self.address) from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)

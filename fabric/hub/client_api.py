@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
-from fabric import errors
+from fabric import config, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.hub.access import Access
@@ -83,7 +83,9 @@ def check_limits(t: pb.TaskSubmission) -> None:
 
 class ClientApi(pb_grpc.ClientServiceServicer):
     def __init__(self, dispatcher: Dispatcher, store: TaskStore, sessions: Sessions,
-                 access: Access, max_payload: int, version: str) -> None:
+                 access: Access, max_payload: int, version: str,
+                 max_queued: int = config.DEFAULT_MAX_QUEUED_PER_USER) -> None:
+        self.max_queued = max_queued
         self.d = dispatcher
         self.access = access
         self.store = store
@@ -162,6 +164,13 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             raise errors.NoEligibleEndpoint("no endpoint is online")
         # Resubmitting an id that is already live is a no-op (idempotent retries).
         live = [t for t in live if t.task_id not in self.d.tasks]
+        queued = self.d.unfinished_by.get(owner, 0)
+        if live and queued >= self.max_queued:
+            # Backpressure, not failure: the client waits and retries. A batch is let in
+            # whole while the user is under the cap, so any batch size makes progress.
+            self.d.counters["queue_full"] += 1
+            raise errors.QueueFull(f"user {owner} has {queued} unfinished tasks; the hub's cap "
+                                   f"is {self.max_queued}: retry when some finish")
         live = self.d.route(live)
         try:
             reason = self.d.fail_fast_reason(live) if request.fail_if_offline else None

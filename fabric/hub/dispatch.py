@@ -41,6 +41,7 @@ class Dispatcher:
         # (a client that subscribes now would otherwise miss them: see on_results).
         self.finishing: dict[str, pb.TaskResult] = {}
         self.finishing_owner: dict[str, str] = {}
+        self.unfinished_by: dict[str, int] = {}  # owner -> live tasks, for the per-user cap
         self.links: dict[str, Link] = {}
         self.endpoints: dict[str, EndpointRecord] = {}
         self.functions: dict[str, FunctionRow] = {}
@@ -56,7 +57,7 @@ class Dispatcher:
         # Monotonic counts for `fabric status` and the chaos benchmark.
         self.counters: dict[str, int] = dict.fromkeys(
             ("results", "duplicates_dropped", "links_lost", "requeued", "handed_back",
-             "cancelled", "purged"), 0)
+             "cancelled", "purged", "queue_full"), 0)
 
     # ------------------------------------------------------------ routing
     def policy(self, name: str) -> scheduler.Policy:
@@ -140,6 +141,8 @@ class Dispatcher:
         """Make routed tasks available to their link (or hold them) and wake links."""
         woken: set[str] = set()
         for t in tasks:
+            if t.task_id not in self.tasks:
+                self.unfinished_by[t.owner] = self.unfinished_by.get(t.owner, 0) + 1
             self.tasks[t.task_id] = t
             if t.endpoint_id is None:
                 (self.held.appendleft if front else self.held.append)(t.task_id)
@@ -339,6 +342,7 @@ class Dispatcher:
                 other.cancels.append(t.task_id)
                 other.wake.set()
             del self.tasks[r.task_id]
+            self.unfinished_by[t.owner] -= 1
             self._release(t)
             if r.state == pb.SUCCESS:
                 self.model.observe(t.function_id, link.endpoint_id, r.runtime_s, len(t.args),
@@ -398,6 +402,7 @@ class Dispatcher:
                 link.cancels.append(tid)
                 link.wake.set()
             del self.tasks[tid]
+            self.unfinished_by[t.owner] -= 1
             self._release(t)
             err = pb.TaskError(type_name="TaskCancelled", message="cancelled by the user",
                                kind="cancelled")

@@ -104,7 +104,8 @@ class Guard(grpc.aio.ServerInterceptor):
         p = None
         try:
             p = self.authenticate(details.method, details.invocation_metadata)
-            self.check_kind(details.method, p)
+            if p is not NO_AUTH:
+                self.check_kind(details.method, p)
         except errors.FabricError as exc:
             self.refused += 1
             return _refusal(handler, details.method, exc, p)
