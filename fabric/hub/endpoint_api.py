@@ -83,11 +83,7 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
                                                caps.to_dict())
         rec = self.d.endpoints.get(eid) or EndpointRecord(eid, hello.name, owner, caps)
         rec.capabilities, rec.last_seen = caps, time.time()
-        if hello.allow_functions or hello.allow_owners:
-            self.access.allow_lists[eid] = (frozenset(hello.allow_functions),
-                                            frozenset(hello.allow_owners))
-        else:
-            self.access.allow_lists.pop(eid, None)
+        self.access.set_allow_list(eid, hello.allow_functions, hello.allow_owners)
         link = Link(rec)
         await context.write(pb.HubMessage(welcome=pb.Welcome(
             endpoint_id=eid, heartbeat_period_s=self.heartbeat_period)))
