@@ -16,7 +16,7 @@ DEFAULT_PORT = 50051
 DEFAULT_HUB_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
 #: Largest function body, argument or result payload accepted (bytes).
-DEFAULT_MAX_PAYLOAD = 128 * 1024 * 1024
+DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
 #: gRPC message limit: a payload plus envelope must fit in one message.
 GRPC_MESSAGE_LIMIT = DEFAULT_MAX_PAYLOAD + 16 * 1024 * 1024
 

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -252,3 +253,34 @@ def test_token_cli_saves_lists_and_refuses_bad_requests(fab, tmp_path):
     assert fabric("token", "create", "--user", "x", "--kind", "endpoint",
                   "--store", str(fab.store)).returncode == 1  # an endpoint token needs --endpoint
     assert fabric("hub", "--no-auth", "--host", "0.0.0.0").returncode == 2  # loopback only
+
+
+def test_admins_list_everything_but_read_no_ones_results(fab):
+    with TokenBook(fab.store) as book:
+        admin = book.create("root", "admin")[0]
+    with Client(fab.address, token=fab.tokens["alice"]) as alice, \
+            Client(fab.address, token=admin) as root:
+        tid = alice.run(1, function_id=alice.register_function(double), endpoint_id="alice-ep")
+        assert alice.get_result(tid, timeout=30) == 2
+        assert {"house", "alice-ep"} <= {e.name for e in root.endpoints()}
+        assert tid in {t.task_id for t in root.tasks(limit=1000)}
+        with pytest.raises(errors.PermissionDenied):
+            root.get_result(tid)
+
+
+def test_a_store_from_before_auth_opens_and_keeps_its_data(tmp_path):
+    from fabric.hub import schema
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # a version-3 store: no tokens, no shares
+        schema.ensure(db)
+        db.execute("DROP TABLE tokens")
+        db.execute("DROP TABLE shares")
+        db.execute("INSERT INTO functions VALUES ('fn-1', 'f', x'00', '3.11', 'local', 0)")
+        db.execute("PRAGMA user_version=3")
+    with TokenBook(path) as book:  # opening migrates
+        book.create("alice")
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+        assert db.execute("SELECT owner FROM functions").fetchall() == [("local",)]
+        assert db.execute("SELECT user FROM tokens").fetchall() == [("alice",)]
