@@ -139,6 +139,10 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         session_id = self.session(p, request.session_id)
         if _TON: _trace(request.tasks[0].task_id, 'h_submit_in')
         check_ids([t.task_id for t in request.tasks], "task")
+        for t in request.tasks:  # a live id of someone else's is not ours to resubmit or watch
+            other = self.d.tasks.get(t.task_id)
+            self.access.check_task(p, t.task_id, other.owner if other is not None else
+                                   self.d.finishing_owner.get(t.task_id))
         policy = request.policy
         self.d.policy(policy)  # unknown policy -> InvalidRequest before anything changes
         live: list[LiveTask] = []
@@ -187,10 +191,17 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         except BaseException:
             self.d.unroute(live)  # nothing was stored: nothing may stay counted
             raise
-        if session_id:
-            self.sessions.watch(session_id, (t.task_id for t in request.tasks))
+        foreign: dict[str, str] = {}
+        if existing:  # stored before (a retried Submit), or another user's id
+            rows = await self.store.get_tasks(list(existing))
+            foreign = {tid: row.owner for tid, row in rows.items() if row.owner != owner}
+        if session_id:  # interest before the tasks can run; never in another user's task
+            self.sessions.watch(session_id, (t.task_id for t in request.tasks
+                                             if t.task_id not in foreign))
         self.d.unroute(t for t in live if t.task_id in existing)
         self.d.enqueue(t for t in live if t.task_id not in existing)
+        for tid, other in foreign.items():
+            self.access.check_task(p, tid, other)  # PermissionDenied
         if existing:
             # Already stored (and perhaps finished): push what we know to the watcher.
             await self._push_known(session_id, list(existing))

@@ -167,6 +167,13 @@ class Dispatcher:
             self.store.set_routes(moved)
         self.enqueue(pending)
 
+    def _may_run_on(self, t: LiveTask, link: Link) -> bool:
+        """The task's owner may use this endpoint (so it may claim or answer the task)."""
+        if t.endpoint_id == link.endpoint_id:
+            return True
+        allowed = self.usable(t)
+        return allowed is None or link.endpoint_id in allowed
+
     # ------------------------------------------------------------ links
     def link_up(self, link: Link, held_task_ids: Iterable[str]) -> None:
         """An endpoint connected. Tasks it says it still holds count as in flight."""
@@ -178,7 +185,7 @@ class Dispatcher:
         claimed = []
         for tid in held_task_ids:
             t = self.tasks.get(tid)
-            if t is None or t.state is not TaskState.QUEUED:
+            if t is None or t.state is not TaskState.QUEUED or not self._may_run_on(t, link):
                 # Finished, cancelled, or already running elsewhere since the hub
                 # requeued it: this copy must stop (its result would be dropped anyway).
                 link.cancels.append(tid)
@@ -333,6 +340,12 @@ class Dispatcher:
             t = self.tasks.get(r.task_id)
             event = Event.SUCCEED if r.state == pb.SUCCESS else Event.FAIL
             if t is None or not can(t.state, event):  # final already: first result won
+                dup.append(r.task_id)
+                continue
+            if not self._may_run_on(t, link):
+                # Never sent there, and its owner may not use it: a forged result.
+                log.warning("endpoint %s sent a result for task %s, which it may not run; "
+                            "dropped", link.endpoint.name, r.task_id)
                 dup.append(r.task_id)
                 continue
             other = self.links.get(t.endpoint_id or "")
