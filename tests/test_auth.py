@@ -322,3 +322,12 @@ def test_an_endpoint_cannot_claim_or_answer_another_users_tasks(fab):
         assert tid in {c for m in replies for c in m.cancel}  # its claim was refused
         assert alice.get_result(tid, timeout=30) == 42  # the real result, not the forged one
     assert "sent a result for task" in "\n".join(fab.hub.lines)
+
+
+def test_simulated_endpoints_with_a_wrong_token_fail_at_once(fab, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fabric", "endpoint", "simulate", "--hub", fab.address,
+                          "--count", "3", "--token", fab.tokens["bob"], "--connect-timeout", "60"],
+                         env={**os.environ, "FABRIC_HOME": str(tmp_path)}, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 1 and "refused endpoint sim-" in out.stderr, out.stderr
+    assert "needs an endpoint token" in out.stderr

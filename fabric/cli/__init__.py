@@ -190,6 +190,7 @@ def endpoint_simulate(hub: str, count: int, workers: int, runtime: float, prefet
     protocol, one stream each, no worker processes; each task takes --runtime seconds
     on one of --workers slots and returns None. SIGTERM/SIGINT drains them."""
     from fabric.endpoint.simulated import simulate
+    from fabric.errors import FabricError
 
     if verbose:
         _logging(verbose)
@@ -199,7 +200,7 @@ def endpoint_simulate(hub: str, count: int, workers: int, runtime: float, prefet
     try:
         simulate(hub, count, workers, runtime, prefetch=prefetch, min_grant=min_grant,
                  prefix=prefix, channels=channels, connect_timeout=connect_timeout, token=token)
-    except TimeoutError as exc:
+    except (TimeoutError, FabricError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 
