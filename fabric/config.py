@@ -16,9 +16,13 @@ DEFAULT_PORT = 50051
 DEFAULT_HUB_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
 #: Largest function body, argument or result payload accepted (bytes).
-DEFAULT_MAX_PAYLOAD = 128 * 1024 * 1024
+DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
 #: gRPC message limit: a payload plus envelope must fit in one message.
 GRPC_MESSAGE_LIMIT = DEFAULT_MAX_PAYLOAD + 16 * 1024 * 1024
+
+#: Unfinished tasks one user may have at the hub; beyond it, submissions wait
+#: (the client retries with backoff) until some finish.
+DEFAULT_MAX_QUEUED_PER_USER = 1_000_000
 
 #: Tasks per message on the endpoint link; bytes per message are capped too.
 MAX_TASKS_PER_BATCH = 1024

@@ -17,6 +17,7 @@
     ├── EngineUnavailable       the endpoint's engine (Parsl, Dask) is not installed or misconfigured
     ├── BadConfig               an endpoint configuration file cannot be read or has wrong values
     ├── NoEligibleEndpoint      no online endpoint can take the task
+    ├── QueueFull               the user's cap on unfinished tasks (the client waits and retries)
     ├── TaskPending             asked for a result that is not ready (non-blocking get)
     ├── TaskTimeout             waited for a result longer than `timeout` (also a TimeoutError)
     ├── TaskCancelled           the task was cancelled before it finished
@@ -106,6 +107,12 @@ class NoEligibleEndpoint(FabricError):
     kind = "NO_ELIGIBLE_ENDPOINT"
 
 
+class QueueFull(FabricError):
+    """Too many unfinished tasks of this user at the hub; `Client` waits and retries."""
+
+    kind = "QUEUE_FULL"
+
+
 class TaskPending(FabricError):
     """The result is not ready yet; pass `timeout=` to wait for it."""
 
@@ -176,6 +183,7 @@ BY_KIND: dict[str, type[FabricError]] = {
         TaskNotFound,
         EndpointOffline,
         NoEligibleEndpoint,
+        QueueFull,
         AuthError,
         PermissionDenied,
         HubUnavailable,
@@ -201,6 +209,7 @@ __all__ = [
     "EngineUnavailable",
     "BadConfig",
     "NoEligibleEndpoint",
+    "QueueFull",
     "TaskPending",
     "TaskTimeout",
     "TaskCancelled",

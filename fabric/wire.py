@@ -26,6 +26,7 @@ _STATUS: dict[str, grpc.StatusCode] = {
     "AUTH_FAILED": grpc.StatusCode.UNAUTHENTICATED,
     "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "HUB_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "QUEUE_FULL": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
 
@@ -61,6 +62,11 @@ def is_transient(exc: grpc.RpcError) -> bool:
     code = exc.code() if hasattr(exc, "code") else None
     kind = _kind(exc)
     return kind is None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def is_backpressure(exc: grpc.RpcError) -> bool:
+    """The hub asks us to slow down (the user's queue is full): wait, then retry."""
+    return _kind(exc) == "QUEUE_FULL"
 
 
 def _kind(exc: grpc.RpcError) -> str | None:

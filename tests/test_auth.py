@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -252,3 +253,81 @@ def test_token_cli_saves_lists_and_refuses_bad_requests(fab, tmp_path):
     assert fabric("token", "create", "--user", "x", "--kind", "endpoint",
                   "--store", str(fab.store)).returncode == 1  # an endpoint token needs --endpoint
     assert fabric("hub", "--no-auth", "--host", "0.0.0.0").returncode == 2  # loopback only
+
+
+def test_admins_list_everything_but_read_no_ones_results(fab):
+    with TokenBook(fab.store) as book:
+        admin = book.create("root", "admin")[0]
+    with Client(fab.address, token=fab.tokens["alice"]) as alice, \
+            Client(fab.address, token=admin) as root:
+        tid = alice.run(1, function_id=alice.register_function(double), endpoint_id="alice-ep")
+        assert alice.get_result(tid, timeout=30) == 2
+        assert {"house", "alice-ep"} <= {e.name for e in root.endpoints()}
+        assert tid in {t.task_id for t in root.tasks(limit=1000)}
+        with pytest.raises(errors.PermissionDenied):
+            root.get_result(tid)
+
+
+def test_a_store_from_before_auth_opens_and_keeps_its_data(tmp_path):
+    from fabric.hub import schema
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # a version-3 store: no tokens, no shares
+        schema.ensure(db)
+        db.execute("DROP TABLE tokens")
+        db.execute("DROP TABLE shares")
+        db.execute("INSERT INTO functions VALUES ('fn-1', 'f', x'00', '3.11', 'local', 0)")
+        db.execute("PRAGMA user_version=3")
+    with TokenBook(path) as book:  # opening migrates
+        book.create("alice")
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+        assert db.execute("SELECT owner FROM functions").fetchall() == [("local",)]
+        assert db.execute("SELECT user FROM tokens").fetchall() == [("alice",)]
+
+
+def test_another_users_task_id_cannot_be_resubmitted_to_watch_it(fab):
+    with Client(fab.address, token=fab.tokens["alice"]) as alice, \
+            Client(fab.address, token=fab.tokens["bob"]) as bob:
+        tid = alice.run(4, function_id=alice.register_function(double), endpoint_id="alice-ep")
+        assert alice.get_result(tid, timeout=30) == 8
+        bob_fid = bob.register_function(triple)
+        for _ in range(2):  # stored and final now; and live (below)
+            req = pb.SubmitRequest(tasks=[pb.TaskSubmission(task_id=tid, function_id=bob_fid)],
+                                   session_id=bob.aio.session_id)
+            with pytest.raises(errors.PermissionDenied, match="another user"):
+                bob._call(bob.aio._call("Submit", req))
+            slow = alice.register_function(time.sleep)
+            tid = alice.run(20, function_id=slow, endpoint_id="alice-ep")
+        alice.cancel([tid])
+
+
+def slow_double(x):
+    time.sleep(0.5)
+    return 2 * x
+
+
+def test_an_endpoint_cannot_claim_or_answer_another_users_tasks(fab):
+    with TokenBook(fab.store) as book:
+        bob_ep = book.create("bob", "endpoint", "bob-ep")[0]
+    with Client(fab.address, token=fab.tokens["alice"]) as alice:
+        tid = alice.run(21, function_id=alice.register_function(slow_double), endpoint_id="alice-ep")
+        forged = pb.TaskResult(task_id=tid, state=pb.SUCCESS, value=cloudpickle.dumps(666))
+        frames = iter([pb.EndpointMessage(hello=pb.Hello(name="bob-ep", held_task_ids=[tid])),
+                       pb.EndpointMessage(results=[forged])])
+        with grpc.insecure_channel(fab.address) as ch:
+            call = pb_grpc.EndpointServiceStub(ch).Connect(
+                frames, metadata=(("authorization", f"Bearer {bob_ep}"),), timeout=3)
+            replies = list(call)  # the hub ends the stream when our frames end
+        assert tid in {c for m in replies for c in m.cancel}  # its claim was refused
+        assert alice.get_result(tid, timeout=30) == 42  # the real result, not the forged one
+    assert "sent a result for task" in "\n".join(fab.hub.lines)
+
+
+def test_simulated_endpoints_with_a_wrong_token_fail_at_once(fab, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fabric", "endpoint", "simulate", "--hub", fab.address,
+                          "--count", "3", "--token", fab.tokens["bob"], "--connect-timeout", "60"],
+                         env={**os.environ, "FABRIC_HOME": str(tmp_path)}, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 1 and "refused endpoint sim-" in out.stderr, out.stderr
+    assert "needs an endpoint token" in out.stderr

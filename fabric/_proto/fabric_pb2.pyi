@@ -32,6 +32,7 @@ class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NO_ELIGIBLE_ENDPOINT: _ClassVar[ErrorKind]
     HUB_UNAVAILABLE: _ClassVar[ErrorKind]
     INTERNAL: _ClassVar[ErrorKind]
+    QUEUE_FULL: _ClassVar[ErrorKind]
 TASK_STATE_UNSPECIFIED: TaskState
 QUEUED: TaskState
 DISPATCHED: TaskState
@@ -52,6 +53,7 @@ PERMISSION_DENIED: ErrorKind
 NO_ELIGIBLE_ENDPOINT: ErrorKind
 HUB_UNAVAILABLE: ErrorKind
 INTERNAL: ErrorKind
+QUEUE_FULL: ErrorKind
 
 class TaskError(_message.Message):
     __slots__ = ("type_name", "message", "traceback", "exception", "kind")

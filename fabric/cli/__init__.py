@@ -54,6 +54,9 @@ def main() -> None:
               type=click.FloatRange(min=0), help="seconds to keep results after a client got them")
 @click.option("--max-age", default=config.DEFAULT_MAX_AGE_S, show_default=True,
               type=click.FloatRange(min=0), help="seconds to keep results nobody collected")
+@click.option("--max-queued-per-user", default=config.DEFAULT_MAX_QUEUED_PER_USER,
+              show_default=True, type=click.IntRange(min=1),
+              help="unfinished tasks per user; more submissions wait (clients retry) until some finish")
 @click.option("--no-auth", is_flag=True,
               help="local experiments only: no tokens, everything belongs to one user; "
                    "loopback only")
@@ -61,7 +64,8 @@ def main() -> None:
 @click.option("--tls-key", default="", help="PEM private key of --tls-cert")
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def hub(host: str, port: int, store_path: str | None, max_payload: int, heartbeat: float,
-        heartbeat_misses: int, retention: float, max_age: float, no_auth: bool, tls_cert: str,
+        heartbeat_misses: int, retention: float, max_age: float, max_queued_per_user: int,
+        no_auth: bool, tls_cert: str,
         tls_key: str, verbose: int) -> None:
     """Run a hub in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
@@ -84,6 +88,7 @@ def hub(host: str, port: int, store_path: str | None, max_payload: int, heartbea
             "in the clear. Use --tls-cert/--tls-key. !!!", host)
     cfg = HubConfig(host=host, port=port, max_payload=max_payload, heartbeat_period=heartbeat,
                     heartbeat_misses=heartbeat_misses, retention_s=retention, max_age_s=max_age,
+                    max_queued_per_user=max_queued_per_user,
                     auth=not no_auth, tls_cert=tls_cert, tls_key=tls_key)
     if store_path:
         cfg.store_path = store_path
@@ -198,6 +203,7 @@ def endpoint_simulate(hub: str, count: int, workers: int, runtime: float, prefet
     protocol, one stream each, no worker processes; each task takes --runtime seconds
     on one of --workers slots and returns None. SIGTERM/SIGINT drains them."""
     from fabric.endpoint.simulated import simulate
+    from fabric.errors import FabricError
 
     if verbose:
         _logging(verbose)
@@ -207,7 +213,7 @@ def endpoint_simulate(hub: str, count: int, workers: int, runtime: float, prefet
     try:
         simulate(hub, count, workers, runtime, prefetch=prefetch, min_grant=min_grant,
                  prefix=prefix, channels=channels, connect_timeout=connect_timeout, token=token)
-    except TimeoutError as exc:
+    except (TimeoutError, FabricError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 

@@ -32,7 +32,7 @@ from fabric.client.results import is_final, outcome
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
 from fabric.serialize import dumps_args, dumps_function, function_name
 from fabric.states import TaskState
-from fabric.wire import from_kind, from_rpc_error, is_transient
+from fabric.wire import from_kind, from_rpc_error, is_backpressure, is_transient
 
 log = logging.getLogger("fabric.client")
 ResultListener = Callable[[pb.TaskResult], bool]
@@ -97,7 +97,10 @@ class AsyncClient:
                 return await getattr(self.stub, method)(request, timeout=timeout,
                                                         metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
-                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                if is_backpressure(exc):
+                    # The hub is up and asks us to wait (our queue is full): not an error.
+                    deadline = time.monotonic() + self.retry_timeout
+                elif not is_transient(exc) or time.monotonic() + delay > deadline:
                     raise from_rpc_error(exc, self.address) from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -233,6 +236,9 @@ class AsyncClient:
                     self._stream_supported = False  # an older hub
                 reply = None
             if reply is not None and reply is not grpc.aio.EOF:
+                if reply.error_kind == errors.QueueFull.kind:
+                    # Backpressure, not an error: the unary path waits and retries.
+                    return await self._call("Submit", req)
                 if reply.error_kind:
                     raise from_kind(reply.error_kind, reply.error_message)
                 return reply

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import grpc
 
-from fabric import __version__, config, credentials
+from fabric import __version__, config, credentials, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.endpoint.agent import pack_outgoing
@@ -136,6 +136,8 @@ class SimulatedEndpoint:
         self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self.endpoint_id: str | None = None
         self.connected = asyncio.Event()
+        self.refused: str | None = None  # why the hub refused our token; we stop trying
+        self._refused = asyncio.Event()
         self.period = config.DEFAULT_HEARTBEAT_PERIOD_S
         # Tasks held: waiting for a slot (FIFO), and on a slot (id -> run number; a
         # cancelled task's number is gone, so its pending completion is ignored).
@@ -170,7 +172,18 @@ class SimulatedEndpoint:
         return self
 
     async def wait_connected(self, timeout: float) -> None:
-        await asyncio.wait_for(self.connected.wait(), timeout)
+        """Wait until connected; AuthError at once if the hub refused the token."""
+        waits = {asyncio.ensure_future(self.connected.wait()),
+                 asyncio.ensure_future(self._refused.wait())}
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if self.refused is not None:
+            raise errors.AuthError(f"the hub refused endpoint {self.name}: {self.refused}")
+        if not done:
+            raise asyncio.TimeoutError
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop taking tasks, hand the waiting ones back, let running ones finish and
@@ -220,6 +233,11 @@ class SimulatedEndpoint:
             except grpc.aio.AioRpcError as exc:
                 log.log(logging.WARNING if self.endpoint_id else logging.DEBUG,
                         "%s: hub %s: %s %s", self.name, self.hub, exc.code().name, exc.details())
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.PERMISSION_DENIED):
+                    self.refused = exc.details()  # the same token cannot do better next time
+                    self._refused.set()
+                    return
             except Exception as exc:  # noqa: BLE001 - reconnect, as the agent does
                 log.info("%s: link failed: %r", self.name, exc)
             self.connected.clear()
@@ -458,8 +476,8 @@ class Simulation:
         return {k: sum(getattr(ep, k) for ep in self.endpoints) for k in keys}
 
     async def wait_connected(self, timeout: float) -> None:
-        await asyncio.wait_for(asyncio.gather(*(ep.connected.wait() for ep in self.endpoints)),
-                               timeout)
+        await asyncio.wait_for(asyncio.gather(*(ep.wait_connected(timeout)
+                                                for ep in self.endpoints)), timeout)
 
     async def drain(self, timeout: float = 10.0) -> None:
         await asyncio.gather(*(ep.drain(timeout) for ep in self.endpoints))
@@ -499,6 +517,8 @@ async def run_simulated(hub: str, count: int, workers: int = 10, runtime_s: floa
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
+            if isinstance(ready.exception(), errors.AuthError):
+                raise ready.exception()  # type: ignore[misc]
             if ready.exception() is not None:
                 raise TimeoutError(f"{sim.online} of {count} simulated endpoints connected to "
                                    f"{hub} within {connect_timeout:.0f}s")

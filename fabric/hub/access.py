@@ -33,10 +33,24 @@ class Access:
         self.shared: dict[tuple[str, str], set[str]] = {}  # (kind, id) -> users
         # Endpoint id -> (allowed function ids, allowed owners), from its last Hello.
         self.allow_lists: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        # usable() answers per (owner, function), valid while nothing above changes.
+        self._usable: dict[tuple[str, str], frozenset[str] | None] = {}
+        self._usable_stamp: tuple[int, int] = (-1, -1)
+        self.version = 0  # bumped on every change of grants or allow-lists
+
+    def set_allow_list(self, endpoint_id: str, functions: Iterable[str], owners: Iterable[str]) -> None:
+        rule = (frozenset(functions), frozenset(owners))
+        if rule == (frozenset(), frozenset()):
+            if self.allow_lists.pop(endpoint_id, None) is not None:
+                self.version += 1
+        elif self.allow_lists.get(endpoint_id) != rule:
+            self.allow_lists[endpoint_id] = rule
+            self.version += 1
 
     def load(self, grants: Iterable[tuple[str, str, str]]) -> None:
         for kind, object_id, user in grants:
             self.shared.setdefault((kind, object_id), set()).add(user)
+        self.version += 1
 
     # ------------------------------------------------------------ tasks
     @staticmethod
@@ -96,7 +110,18 @@ class Access:
 
     def usable(self, t: LiveTask) -> frozenset[str] | None:
         """Endpoint ids task `t` may be routed to; None when that is every endpoint
-        (the common case, kept cheap: no constraint for the scheduler to evaluate)."""
+        (the common case, kept cheap: no constraint for the scheduler to evaluate).
+        Cached until an endpoint appears or a grant or allow-list changes."""
+        stamp = (len(self.endpoints), self.version)
+        if stamp != self._usable_stamp:
+            self._usable.clear()
+            self._usable_stamp = stamp
+        key = (t.owner, t.function_id)
+        if key not in self._usable:
+            self._usable[key] = self._compute_usable(t)
+        return self._usable[key]
+
+    def _compute_usable(self, t: LiveTask) -> frozenset[str] | None:
         fn = self.functions.get(t.function_id)
         fn_owner = fn.owner if fn is not None else t.owner
         out = [eid for eid, rec in self.endpoints.items()
@@ -126,6 +151,7 @@ class Access:
 
     def share(self, kind: str, object_id: str, users: Iterable[str], revoke: bool) -> list[str]:
         granted = self.shared.setdefault((kind, object_id), set())
+        self.version += 1
         if revoke:
             granted.difference_update(users)
         else:

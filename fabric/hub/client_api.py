@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
-from fabric import errors
+from fabric import config, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.hub.access import Access
@@ -84,7 +84,9 @@ def check_limits(t: pb.TaskSubmission) -> None:
 
 class ClientApi(pb_grpc.ClientServiceServicer):
     def __init__(self, dispatcher: Dispatcher, store: TaskStore, sessions: Sessions,
-                 access: Access, max_payload: int, version: str) -> None:
+                 access: Access, max_payload: int, version: str,
+                 max_queued: int = config.DEFAULT_MAX_QUEUED_PER_USER) -> None:
+        self.max_queued = max_queued
         self.d = dispatcher
         self.access = access
         self.store = store
@@ -157,6 +159,10 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         session_id = self.session(p, request.session_id)
         if _TON: _trace(request.tasks[0].task_id, 'h_submit_in')
         check_ids([t.task_id for t in request.tasks], "task")
+        for t in request.tasks:  # a live id of someone else's is not ours to resubmit or watch
+            other = self.d.tasks.get(t.task_id)
+            self.access.check_task(p, t.task_id, other.owner if other is not None else
+                                   self.d.finishing_owner.get(t.task_id))
         policy = request.policy
         self.d.policy(policy)  # unknown policy -> InvalidRequest before anything changes
         live: list[LiveTask] = []
@@ -182,6 +188,13 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             raise errors.NoEligibleEndpoint("no endpoint is online")
         # Resubmitting an id that is already live is a no-op (idempotent retries).
         live = [t for t in live if t.task_id not in self.d.tasks]
+        queued = self.d.unfinished_by.get(owner, 0)
+        if live and queued >= self.max_queued:
+            # Backpressure, not failure: the client waits and retries. A batch is let in
+            # whole while the user is under the cap, so any batch size makes progress.
+            self.d.counters["queue_full"] += 1
+            raise errors.QueueFull(f"user {owner} has {queued} unfinished tasks; the hub's cap "
+                                   f"is {self.max_queued}: retry when some finish")
         live = self.d.route(live)
         try:
             reason = self.d.fail_fast_reason(live) if request.fail_if_offline else None
@@ -198,10 +211,17 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         except BaseException:
             self.d.unroute(live)  # nothing was stored: nothing may stay counted
             raise
-        if session_id:
-            self.sessions.watch(session_id, (t.task_id for t in request.tasks))
+        foreign: dict[str, str] = {}
+        if existing:  # stored before (a retried Submit), or another user's id
+            rows = await self.store.get_tasks(list(existing))
+            foreign = {tid: row.owner for tid, row in rows.items() if row.owner != owner}
+        if session_id:  # interest before the tasks can run; never in another user's task
+            self.sessions.watch(session_id, (t.task_id for t in request.tasks
+                                             if t.task_id not in foreign))
         self.d.unroute(t for t in live if t.task_id in existing)
         self.d.enqueue(t for t in live if t.task_id not in existing)
+        for tid, other in foreign.items():
+            self.access.check_task(p, tid, other)  # PermissionDenied
         if existing:
             # Already stored (and perhaps finished): push what we know to the watcher.
             await self._push_known(session_id, list(existing))

@@ -41,6 +41,7 @@ class Dispatcher:
         # (a client that subscribes now would otherwise miss them: see on_results).
         self.finishing: dict[str, pb.TaskResult] = {}
         self.finishing_owner: dict[str, str] = {}
+        self.unfinished_by: dict[str, int] = {}  # owner -> live tasks, for the per-user cap
         self.links: dict[str, Link] = {}
         self.endpoints: dict[str, EndpointRecord] = {}
         self.functions: dict[str, FunctionRow] = {}
@@ -56,7 +57,7 @@ class Dispatcher:
         # Monotonic counts for `fabric status` and the chaos benchmark.
         self.counters: dict[str, int] = dict.fromkeys(
             ("results", "duplicates_dropped", "links_lost", "requeued", "handed_back",
-             "cancelled", "purged"), 0)
+             "cancelled", "purged", "queue_full"), 0)
 
     # ------------------------------------------------------------ routing
     def policy(self, name: str) -> scheduler.Policy:
@@ -141,6 +142,8 @@ class Dispatcher:
         """Make routed tasks available to their link (or hold them) and wake links."""
         woken: set[str] = set()
         for t in tasks:
+            if t.task_id not in self.tasks:
+                self.unfinished_by[t.owner] = self.unfinished_by.get(t.owner, 0) + 1
             self.tasks[t.task_id] = t
             if t.endpoint_id is None:
                 (self.held.appendleft if front else self.held.append)(t.task_id)
@@ -165,6 +168,13 @@ class Dispatcher:
             self.store.set_routes(moved)
         self.enqueue(pending)
 
+    def _may_run_on(self, t: LiveTask, link: Link) -> bool:
+        """The task's owner may use this endpoint (so it may claim or answer the task)."""
+        if t.endpoint_id == link.endpoint_id:
+            return True
+        allowed = self.usable(t)
+        return allowed is None or link.endpoint_id in allowed
+
     # ------------------------------------------------------------ links
     def link_up(self, link: Link, held_task_ids: Iterable[str]) -> None:
         """An endpoint connected. Tasks it says it still holds count as in flight."""
@@ -176,7 +186,7 @@ class Dispatcher:
         claimed = []
         for tid in held_task_ids:
             t = self.tasks.get(tid)
-            if t is None or t.state is not TaskState.QUEUED:
+            if t is None or t.state is not TaskState.QUEUED or not self._may_run_on(t, link):
                 # Finished, cancelled, or already running elsewhere since the hub
                 # requeued it: this copy must stop (its result would be dropped anyway).
                 link.cancels.append(tid)
@@ -335,6 +345,12 @@ class Dispatcher:
             if t is None or not can(t.state, event):  # final already: first result won
                 dup.append(r.task_id)
                 continue
+            if not self._may_run_on(t, link):
+                # Never sent there, and its owner may not use it: a forged result.
+                log.warning("endpoint %s sent a result for task %s, which it may not run; "
+                            "dropped", link.endpoint.name, r.task_id)
+                dup.append(r.task_id)
+                continue
             other = self.links.get(t.endpoint_id or "")
             if other is not None and other is not link and t.task_id in other.in_flight:
                 # Requeued and re-sent to another endpoint meanwhile: that copy must stop.
@@ -342,6 +358,7 @@ class Dispatcher:
                 other.cancels.append(t.task_id)
                 other.wake.set()
             del self.tasks[r.task_id]
+            self.unfinished_by[t.owner] -= 1
             self._release(t)
             if r.state == pb.SUCCESS:
                 self.model.observe(t.function_id, link.endpoint_id, r.runtime_s, len(t.args),
@@ -401,6 +418,7 @@ class Dispatcher:
                 link.cancels.append(tid)
                 link.wake.set()
             del self.tasks[tid]
+            self.unfinished_by[t.owner] -= 1
             self._release(t)
             err = pb.TaskError(type_name="TaskCancelled", message="cancelled by the user",
                                kind="cancelled")

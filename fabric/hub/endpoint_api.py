@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
@@ -50,8 +51,16 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
         context.set_trailing_metadata(((ERROR_KEY, kind),))
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
 
+    async def _next(self, context: Any) -> Any:
+        """The next message on the stream; a frame that is not an EndpointMessage ends
+        the stream with INVALID_ARGUMENT (gRPC itself would say UNKNOWN)."""
+        try:
+            return await context.read()
+        except DecodeError as exc:
+            await self._reject(context, "INVALID_REQUEST", f"malformed EndpointMessage: {exc}")
+
     async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        first = await context.read()
+        first = await self._next(context)
         if first is grpc.aio.EOF or not first.HasField("hello"):
             await self._reject(context, "INVALID_REQUEST", "the first message must be a Hello")
         hello = first.hello
@@ -74,11 +83,7 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
                                                caps.to_dict())
         rec = self.d.endpoints.get(eid) or EndpointRecord(eid, hello.name, owner, caps)
         rec.capabilities, rec.last_seen = caps, time.time()
-        if hello.allow_functions or hello.allow_owners:
-            self.access.allow_lists[eid] = (frozenset(hello.allow_functions),
-                                            frozenset(hello.allow_owners))
-        else:
-            self.access.allow_lists.pop(eid, None)
+        self.access.set_allow_list(eid, hello.allow_functions, hello.allow_owners)
         link = Link(rec)
         await context.write(pb.HubMessage(welcome=pb.Welcome(
             endpoint_id=eid, heartbeat_period_s=self.heartbeat_period)))
@@ -123,7 +128,7 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
                 if hb.echo:
                     link.heard_echo(hb.echo, time.time())
                 link.endpoint.last_seen = time.time()
-            msg = await context.read()
+            msg = await self._next(context)
             if msg is grpc.aio.EOF:
                 return
 

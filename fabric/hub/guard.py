@@ -97,12 +97,15 @@ class Guard(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None or details.method in PUBLIC_METHODS:
-            return handler
+        if handler is None:
+            return None
+        if details.method in PUBLIC_METHODS:
+            return handler if handler.request_streaming else _parse_here(handler)
         p = None
         try:
             p = self.authenticate(details.method, details.invocation_metadata)
-            self.check_kind(details.method, p)
+            if p is not NO_AUTH:
+                self.check_kind(details.method, p)
         except errors.FabricError as exc:
             self.refused += 1
             return _refusal(handler, details.method, exc, p)
@@ -235,17 +238,14 @@ def _refusal(handler: Any, method: str, exc: errors.FabricError, p: Principal | 
         context.set_trailing_metadata(trailers)
         await context.abort(code, details)
 
+    # The request stays unparsed bytes: a refused caller's frames are never decoded.
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(
-            refuse, handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(refuse, None, handler.response_serializer)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(
-            refuse, handler.request_deserializer, handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(refuse, None, handler.response_serializer)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(
-            refuse, handler.request_deserializer, handler.response_serializer)
-    return grpc.unary_unary_rpc_method_handler(
-        refuse, handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(refuse, None, handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(refuse, None, handler.response_serializer)
 
 
 __all__ = ["Guard", "audit_refusal", "bearer", "caller"]

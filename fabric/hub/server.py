@@ -47,6 +47,7 @@ class HubConfig:
     retention_s: float = config.DEFAULT_RETENTION_S  # results kept after a client got them
     max_age_s: float = config.DEFAULT_MAX_AGE_S  # results nobody collected
     forget_after_s: float = config.DEFAULT_FORGET_AFTER_S  # "purged" tombstones
+    max_queued_per_user: int = config.DEFAULT_MAX_QUEUED_PER_USER
     auth: bool = True  # False: --no-auth, every caller is the one local user
     tls_cert: str = ""  # PEM files; both set: TLS on the port
     tls_key: str = ""
@@ -99,7 +100,7 @@ class Hub:
         ])
         pb_grpc.add_ClientServiceServicer_to_server(
             ClientApi(self.dispatcher, self.store, self.sessions, self.access, cfg.max_payload,
-                      __version__),
+                      __version__, cfg.max_queued_per_user),
             self._server,
         )
         self._endpoint_api = EndpointApi(self.dispatcher, self.store, self.access,

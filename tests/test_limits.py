@@ -1,0 +1,79 @@
+"""Limits: the per-user cap on unfinished tasks is backpressure, not an error;
+payloads over the hub's limit are refused precisely; the endpoint allow-list."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+from fabric import errors
+from fabric.client import Client
+from fabric.credentials import save_token
+from fabric.hub.tokens import TokenBook
+
+pytestmark = pytest.mark.processes
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def nap(x):
+    time.sleep(0.1)
+    return x
+
+
+def echo(x):
+    return x
+
+
+def test_per_user_cap_makes_clients_wait_not_fail(local_fabric):
+    fab = local_fabric(["one"], workers=1,
+                       hub_args=("--max-queued-per-user", "2", "--max-payload", str(1 << 20)))
+    with TokenBook(fab.store) as book:
+        other = book.create("other")[0]
+    with Client(fab.address) as c, Client(fab.address, token=other) as o:
+        c.wait_for_endpoints(1, timeout=30)
+        fid = c.register_function(nap)
+        t0 = time.monotonic()
+        ids = [c.run(i, function_id=fid) for i in range(6)]  # 3rd..6th wait for room
+        assert c.get_batch_result(ids, timeout=30) == list(range(6))
+        assert time.monotonic() - t0 >= 0.3  # they really waited for earlier ones
+        assert c.status().counters["queue_full"] > 0
+        # The cap is per user: with this user's queue full, another's run is taken at once.
+        full = [c.run(i, function_id=fid) for i in range(2)]
+        t1 = time.monotonic()
+        held = o.run(1, function_id=o.register_function(echo))  # held: no endpoint of theirs
+        assert time.monotonic() - t1 < 0.5
+        assert o.cancel([held]) == [held]
+        assert c.get_batch_result(full, timeout=30) == [0, 1]
+        # Oversize arguments are refused before anything is stored, naming the sizes.
+        with pytest.raises(errors.PayloadTooLarge, match=r"arguments are \d+ bytes; the limit is 1048576"):
+            c.run(b"x" * (1 << 20), function_id=c.register_function(echo))
+
+
+def test_endpoint_allow_list(local_fabric):
+    fab = local_fabric([], workers=1)
+    with Client(fab.address) as c:
+        allowed = c.register_function(echo)
+        other = c.register_function(nap)
+        fab.start_endpoint("picky", "--allow-function", allowed)
+        c.wait_for_endpoints(1, timeout=30)
+        assert c.get_result(c.run(5, function_id=allowed, endpoint_id="picky"), timeout=30) == 5
+        with pytest.raises(errors.PermissionDenied, match="allow-list"):
+            c.run(1, function_id=other, endpoint_id="picky")
+        with pytest.raises(errors.NoEligibleEndpoint):  # never routed there either
+            c.run(1, function_id=other, fail_fast=True)
+    # alice's functions may run there when her name is on its list of owners
+    with TokenBook(fab.store) as book:
+        alice = book.create("alice")[0]
+        save_token(book.create("local", "endpoint", "owners")[0],
+                   fab.home / "endpoints" / "owners" / "token")
+    fab.start_endpoint("owners", "--allow-owner", "alice")
+    with Client(fab.address, token=alice) as a, Client(fab.address) as c:
+        c.wait_for_endpoints(2, timeout=30)
+        c.share("endpoint", "owners", ["alice"])
+        fid = a.register_function(echo)
+        assert a.get_result(a.run(7, function_id=fid, endpoint_id="owners"), timeout=30) == 7
+        with pytest.raises(errors.PermissionDenied, match="allow-list"):
+            c.run(1, function_id=c.register_function(echo), endpoint_id="owners")
