@@ -159,10 +159,11 @@ def _still_serving(fab, before) -> None:
     assert after["endpoints"] == before["endpoints"]
 
 
-def _stream(channel, frames_in: list[bytes], token: str):
-    """Raw frames on an endpoint stream; the status it ended with."""
+def _stream(channel, frames_in: list[bytes], token: str,
+            method: str = "/fabric.v1.EndpointService/Connect"):
+    """Raw frames on a stream (an endpoint's link, by default); the status it ended with."""
     tried["frames"] += len(frames_in)
-    call = channel.stream_stream("/fabric.v1.EndpointService/Connect")(
+    call = channel.stream_stream(method)(
         iter(frames_in), metadata=(("authorization", f"Bearer {token}"),), timeout=5)
     try:
         for _ in call:
@@ -201,6 +202,25 @@ def test_bad_endpoint_streams_are_refused(fab):
         assert _stream(channel, [hello], fab.mallory) == grpc.StatusCode.PERMISSION_DENIED
         _fuzz_streams(channel, fab.mallory_ep)
     print(f"\nbad-input suite: {tried['frames']} frames tried in all")
+    _still_serving(fab, before)
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(frames_in=st.lists(st.one_of(frames, st.just(UNARY["Submit"].SerializeToString())),
+                          min_size=1, max_size=4))
+def _fuzz_submit_stream(channel, token, frames_in):
+    code = _stream(channel, frames_in, token, "/fabric.v1.ClientService/SubmitStream")
+    assert code in PRECISE | {grpc.StatusCode.DEADLINE_EXCEEDED}, (frames_in, code)
+
+
+def test_bad_frames_on_the_submission_stream_get_precise_errors(fab):
+    before = others(fab.store)
+    with grpc.insecure_channel(fab.address) as channel:
+        _fuzz_submit_stream(channel, fab.mallory)
+        # An endpoint token may not submit; nor may no token at all.
+        ok = UNARY["Submit"].SerializeToString()
+        assert _stream(channel, [ok], fab.mallory_ep,
+                       "/fabric.v1.ClientService/SubmitStream") == grpc.StatusCode.PERMISSION_DENIED
     _still_serving(fab, before)
 
 

@@ -17,6 +17,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fabric import config, errors
 from fabric._proto import fabric_pb2 as pb
@@ -141,7 +142,16 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         """Submit, as one stream per client: each request is answered in order, a
         refusal in band (error_kind), so one bad batch does not end the stream.
         (The interceptor authenticated the stream once, at its start.)"""
-        async for request in request_iterator:
+        while True:
+            try:
+                request = await context.read()
+            except DecodeError as exc:  # gRPC itself would end the stream with UNKNOWN
+                code, details, trailers = to_status(
+                    errors.InvalidRequest(f"malformed SubmitRequest: {exc}"))
+                context.set_trailing_metadata(trailers)
+                await context.abort(code, details)
+            if request is grpc.aio.EOF:
+                return
             try:
                 reply = await self._submit(request)
             except errors.FabricError as exc:
