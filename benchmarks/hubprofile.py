@@ -97,12 +97,17 @@ def run(seconds: float, endpoints: int, simulated: int, workers: int, batch: int
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     names = [] if simulated else [f"ep{i}" for i in range(endpoints)]
+    if simulated:
+        from fabric.endpoint.simulated import raise_fd_limit
+
+        raise_fd_limit(simulated)  # the hub inherits it: one connection per endpoint
     with tempfile.TemporaryDirectory(prefix="fabric-prof-") as tmp, \
             LocalFabric(tmp, names, workers=workers) as fab:
         sim = None
         if simulated:
             sim = spawn("simulated", "endpoint", "simulate", "--hub", fab.address,
-                                "--count", str(simulated), "--workers", str(workers))
+                                "--count", str(simulated), "--workers", str(workers),
+                                env=fab.env)  # FABRIC_HOME: where the hub's tokens are
         try:
             with Client(fab.address) as c:
                 c.wait_for_endpoints(simulated or endpoints, timeout=120)
