@@ -56,13 +56,16 @@ START_TIMEOUT_S = 60.0
 WATCHDOG_PERIOD_S = 0.05
 
 
-def per_worker_cap(ewma_runtime_s: float | None) -> int:
-    """Tasks to keep outstanding on one worker, given the mean task runtime."""
+def per_worker_cap(ewma_runtime_s: float | None, target_s: float = TARGET_QUEUED_S,
+                   lo: int = 1, hi: int = MAX_CAP, initial: int = INITIAL_CAP) -> int:
+    """Tasks to keep outstanding on one worker, given the mean task runtime: about
+    `target_s` of work, within lo..hi (`initial` before any runtime is seen). The
+    Parsl/Dask engines use it too, with their own bounds."""
     if ewma_runtime_s is None:
-        return INITIAL_CAP
+        return initial
     if ewma_runtime_s <= 0:
-        return MAX_CAP
-    return max(1, min(MAX_CAP, math.ceil(TARGET_QUEUED_S / ewma_runtime_s)))
+        return hi
+    return max(lo, min(hi, math.ceil(target_s / ewma_runtime_s)))
 
 
 class _Worker:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-import math
 from typing import Any, Iterable
 
 from fabric.endpoint.engines import EngineConfig, EngineContext
 from fabric.endpoint.engines.base import Engine
+from fabric.endpoint.pool import per_worker_cap
 from fabric.errors import EngineUnavailable, FabricError
 from fabric.serialize import ErrorInfo
 from fabric.worker.runtime import WorkItem, WorkResult, result_from_row
@@ -41,12 +41,8 @@ EWMA_ALPHA = 0.1
 
 
 def tasks_per_worker(ewma_runtime_s: float | None) -> int:
-    if ewma_runtime_s is None:
-        return MIN_TASKS_PER_WORKER
-    if ewma_runtime_s <= 0:
-        return MAX_TASKS_PER_WORKER
-    return max(MIN_TASKS_PER_WORKER,
-               min(MAX_TASKS_PER_WORKER, math.ceil(TARGET_QUEUED_S / ewma_runtime_s)))
+    return per_worker_cap(ewma_runtime_s, TARGET_QUEUED_S, MIN_TASKS_PER_WORKER,
+                          MAX_TASKS_PER_WORKER, initial=MIN_TASKS_PER_WORKER)
 
 
 def engine_capacity(workers: int, can_grow: bool, workers_per_block: int,
