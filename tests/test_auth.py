@@ -174,6 +174,12 @@ def test_users_see_and_use_only_their_own_or_shared_things(fab):
             bob._call(bob.aio.status_of([tid]))
         assert tid not in {t.task_id for t in bob.tasks()}
         assert "alice-ep" not in {e.name for e in bob.endpoints()}
+        # Status counts only what the caller may see: bob has no tasks, functions or endpoints.
+        bob_view, alice_view = bob.status(), alice.status()
+        assert sum(bob_view.tasks_by_state.values()) == 0 and bob_view.functions == 0
+        assert bob_view.endpoints_total == 0
+        assert alice_view.tasks_by_state.get("SUCCESS", 0) >= 1 and alice_view.functions >= 1
+        assert alice_view.endpoints_total >= 1
         with pytest.raises(errors.PermissionDenied, match="function"):
             bob.run(1, function_id=fid)
         bob_fid = bob.register_function(triple)

@@ -415,10 +415,17 @@ class ClientApi(pb_grpc.ClientServiceServicer):
 
     @_rpc
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusReply:
-        by_state, functions = await self.store.counts()
+        """The caller's view: their tasks and functions, the endpoints they may use
+        (admins: the whole hub). The counters are the hub's own operational totals."""
+        p = caller()
+        everything = p.is_admin
+        by_state, functions = await self.store.counts(None if everything else p.user)
+        visible = [rec for rec in self.d.endpoints.values()
+                   if everything or self.access.may_use_endpoint(p.user, rec)]
         return HubStatus(
             version=self.version, uptime_s=time.time() - self.started,
-            endpoints_online=len(self.d.links), endpoints_total=len(self.d.endpoints),
+            endpoints_online=sum(1 for rec in visible if rec.endpoint_id in self.d.links),
+            endpoints_total=len(visible),
             tasks_by_state={s.name: n for s, n in by_state.items()},
             functions=functions, store_path=self.store.path, counters=dict(self.d.counters),
         ).to_proto()

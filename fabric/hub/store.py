@@ -303,13 +303,18 @@ class TaskStore(GroupCommitter):
             lambda conn: [_task_row(r) for r in conn.execute(sql, (*params, limit))]
         )
 
-    async def counts(self) -> tuple[dict[TaskState, int], int]:
+    async def counts(self, owner: str | None = None) -> tuple[dict[TaskState, int], int]:
+        """Tasks per state and functions: `owner`'s, or everyone's for None."""
+        where, params = ("WHERE owner=?", (owner,)) if owner is not None else ("", ())
+
         def op(conn: sqlite3.Connection) -> tuple[dict[TaskState, int], int]:
             by_state = {
                 TaskState(s): n
-                for s, n in conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+                for s, n in conn.execute(
+                    f"SELECT state, COUNT(*) FROM tasks {where} GROUP BY state", params)
             }
-            functions = conn.execute("SELECT COUNT(*) FROM functions").fetchone()[0]
+            functions = conn.execute(f"SELECT COUNT(*) FROM functions {where}",
+                                     params).fetchone()[0]
             return by_state, functions
 
         return await self.read(op)
