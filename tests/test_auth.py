@@ -32,6 +32,7 @@ from fabric.credentials import save_token
 from fabric.hub.auth import AUDIENCE, ISSUER, SigningKey, key_path
 from fabric.hub.tokens import TokenBook
 from fabric.launch import LocalFabric
+from fabric.states import TaskState
 from fabric.wire import ERROR_KEY
 
 pytestmark = pytest.mark.processes
@@ -209,6 +210,28 @@ def test_users_see_and_use_only_their_own_or_shared_things(fab):
         alice.share("endpoint", "alice-ep", ["bob"], revoke=True)
         with pytest.raises(errors.PermissionDenied):
             bob.run(1, function_id=bob_fid, endpoint_id="alice-ep")
+
+
+def test_queued_tasks_are_withdrawn_when_their_endpoint_stops_being_shared(fab):
+    """Sharing checked at submission is checked again before sending: a revoke (or a
+    new allow-list) between the two fails pinned tasks and re-routes the others."""
+    with Client(fab.address, token=fab.tokens["alice"]) as alice, \
+            Client(fab.address, token=fab.tokens["bob"]) as bob:
+        slow = alice.register_function(time.sleep)
+        # Fill every credit alice-ep grants, so what comes next waits at the hub.
+        busy = alice.batch_run(slow, [((30,), {})] * 80, endpoint_id="alice-ep")
+        alice.share("endpoint", "alice-ep", ["bob"])
+        bob_fid = bob.register_function(triple)
+        pinned = bob.run(1, function_id=bob_fid, endpoint_id="alice-ep")
+        free = bob.run(2, function_id=bob_fid, endpoints=["alice-ep"])
+        alice.share("endpoint", "alice-ep", ["bob"], revoke=True)
+        alice.cancel(busy)  # credits come back: the hub re-checks before it sends
+        with pytest.raises(errors.TaskFailed, match="no longer accepts"):
+            bob.get_result(pinned, timeout=30)
+        _wait(lambda: {t.task_id: t for t in bob.tasks()}[free].endpoint_name == "", 30)
+        info = {t.task_id: t for t in bob.tasks()}[free]
+        assert info.state is TaskState.QUEUED, info  # held: bob may run nowhere now
+        bob.cancel([free])
 
 
 def test_revoking_a_token_ends_its_open_streams(fab):

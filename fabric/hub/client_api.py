@@ -401,12 +401,14 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         for r in rows:
             live = self.d.tasks.get(r.task_id)
             fn = self.d.functions.get(r.function_id)
-            ep = self.d.endpoints.get(r.endpoint_id or "")
+            # A live task's route may have changed since the row was written (held: none).
+            endpoint_id = (live.endpoint_id if live else r.endpoint_id) or ""
+            ep = self.d.endpoints.get(endpoint_id)
             out.append(TaskInfo(
                 task_id=r.task_id, function_id=r.function_id,
                 function_name=fn.name if fn else "",
                 state=live.state if live else r.state,
-                endpoint_id=r.endpoint_id or "", endpoint_name=ep.name if ep else "",
+                endpoint_id=endpoint_id, endpoint_name=ep.name if ep else "",
                 route_reason=(live.reason if live else r.route_reason) or "",
                 submitted_at=r.submitted_at, completed_at=r.completed_at or 0.0,
                 runtime_s=r.runtime_s or 0.0, error_type=r.error_type or "",

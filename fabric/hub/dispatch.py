@@ -57,7 +57,7 @@ class Dispatcher:
         # Monotonic counts for `fabric status` and the chaos benchmark.
         self.counters: dict[str, int] = dict.fromkeys(
             ("results", "duplicates_dropped", "links_lost", "requeued", "handed_back",
-             "cancelled", "purged", "queue_full"), 0)
+             "cancelled", "withdrawn", "purged", "queue_full"), 0)
 
     # ------------------------------------------------------------ routing
     def policy(self, name: str) -> scheduler.Policy:
@@ -293,12 +293,19 @@ class Dispatcher:
         msg = pb.HubMessage()
         q = self.queues.get(link.endpoint_id)
         sent: list[str] = []
+        withdrawn: list[LiveTask] = []
         size = 0
         while q and link.credits > 0 and not link.draining and len(sent) < config.MAX_TASKS_PER_BATCH:
             tid = q.popleft()
             t = self.tasks.get(tid)
             # Stale entries (cancelled, finished, re-routed) are skipped lazily.
             if t is None or t.state is not TaskState.QUEUED or t.endpoint_id != link.endpoint_id:
+                continue
+            allowed = self.usable(t)
+            if allowed is not None and link.endpoint_id not in allowed:
+                # Since it was routed, the endpoint's owner stopped sharing it or the
+                # endpoint reconnected with an allow-list that excludes this function.
+                withdrawn.append(t)
                 continue
             if sent and size + len(t.args) > config.MAX_BATCH_BYTES:
                 q.appendleft(tid)
@@ -317,6 +324,8 @@ class Dispatcher:
             link.credits -= 1
             size += len(t.args)
             sent.append(tid)
+        if withdrawn:
+            self._withdrawn(withdrawn, link.endpoint.name)
         if sent:
             now = time.time()
             msg.sent_at = link.probe_stamp(size, now)
@@ -406,13 +415,40 @@ class Dispatcher:
     # ------------------------------------------------------------ cancel
     def cancel(self, task_ids: Iterable[str]) -> list[pb.TaskResult]:
         """Cancel tasks that are not final yet; returns their CANCELLED results."""
+        err = pb.TaskError(type_name="TaskCancelled", message="cancelled by the user",
+                           kind="cancelled")
+        tasks = [t for t in map(self.tasks.get, task_ids)
+                 if t is not None and can(t.state, Event.CANCEL)]
+        return self._end_here(tasks, Event.CANCEL, err, "cancelled")
+
+    def _withdrawn(self, tasks: list[LiveTask], endpoint_name: str) -> None:
+        """Queued tasks their endpoint may no longer run: unpinned ones are routed
+        again (or held with the reason), pinned ones fail, saying why."""
+        pinned = [t for t in tasks if t.requested]
+        for t in pinned:
+            self._end_here([t], Event.FAIL, pb.TaskError(
+                type_name="PermissionDenied", kind="system",
+                message=f"endpoint {endpoint_name} no longer accepts this task: its owner "
+                        f"stopped sharing it, or its allow-list excludes function {t.function_id}"),
+                "withdrawn")
+        free = [t for t in tasks if not t.requested]
+        if free:
+            free = self.route(free)
+            # Held ones too (endpoint NULL): after a restart they are routed afresh.
+            self.store.set_routes([(t.endpoint_id, t.reason, t.task_id) for t in free])
+            self.enqueue(free)
+
+    def _end_here(self, tasks: list[LiveTask], event: Event, err: pb.TaskError,
+                  counter: str) -> list[pb.TaskResult]:
+        """Make `tasks` final at the hub (cancelled, or failed before reaching a worker):
+        stop remote copies, store the outcome, then tell the waiting clients."""
         now = time.time()
         out, rows = [], []
-        for tid in task_ids:
-            t = self.tasks.get(tid)
-            if t is None or not can(t.state, Event.CANCEL):
-                continue
-            if Action.STOP_REMOTE in step(t.state, Event.CANCEL).actions and t.endpoint_id in self.links:
+        for t in tasks:
+            tid = t.task_id
+            transition = step(t.state, event)
+            state = transition.state
+            if Action.STOP_REMOTE in transition.actions and t.endpoint_id in self.links:
                 link = self.links[t.endpoint_id]
                 link.in_flight.discard(tid)
                 link.cancels.append(tid)
@@ -420,14 +456,12 @@ class Dispatcher:
             del self.tasks[tid]
             self.unfinished_by[t.owner] -= 1
             self._release(t)
-            err = pb.TaskError(type_name="TaskCancelled", message="cancelled by the user",
-                               kind="cancelled")
-            out.append(pb.TaskResult(task_id=tid, state=pb.CANCELLED, error=err,
+            out.append(pb.TaskResult(task_id=tid, state=int(state), error=err,
                                      endpoint_id=t.endpoint_id or ""))
-            rows.append((int(TaskState.CANCELLED), None, err.SerializeToString(),
-                         "TaskCancelled", None, now, 0.0, tid))
+            rows.append((int(state), None, err.SerializeToString(), err.type_name, None, now,
+                         0.0, tid))
         if rows:
-            self.counters["cancelled"] += len(rows)
+            self.counters[counter] += len(rows)
             done = self.store.finish_tasks(rows)
             done.add_done_callback(lambda f: f.exception() or self.sessions.publish(out))
         return out

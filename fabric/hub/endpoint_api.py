@@ -92,6 +92,18 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
         log.info("endpoint %s (%s) connected from %s: %d workers, Python %s",
                  rec.name, eid, context.peer(), caps.workers, caps.python_version)
         writer = asyncio.create_task(self._write_loop(link, context))
+        handler = asyncio.current_task()
+
+        def writer_ended(w: asyncio.Task[None]) -> None:
+            # A bug in the writer must not leave a link that reads but never sends
+            # (the endpoint would see a silent hub while its tasks sit here): end the
+            # link, so its tasks are requeued and the endpoint reconnects.
+            if not w.cancelled() and w.exception() is not None and handler is not None:
+                log.error("endpoint %s: link writer failed; dropping the link", rec.name,
+                          exc_info=w.exception())
+                handler.cancel()
+
+        writer.add_done_callback(writer_ended)
         try:
             await self._read_loop(link, context, first)
         finally:
