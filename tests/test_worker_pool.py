@@ -703,7 +703,8 @@ def test_adaptive_cap_follows_runtime():
     assert per_worker_cap(1e-6) == 64
     assert per_worker_cap(0.0005) == 20  # 10 ms of queued work
     assert per_worker_cap(0.004) == 3
-    assert per_worker_cap(1.0) == 1
+    assert per_worker_cap(0.02) == 2  # one running, one waiting: no idle round trip
+    assert per_worker_cap(0.1) == per_worker_cap(1.0) == 1  # long: one at a time
 
 
 def test_noop_tasks_travel_in_big_frames():

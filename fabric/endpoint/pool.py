@@ -7,9 +7,10 @@ subprocess spoken to over stdin/stdout frames (see fabric/worker/main.py).
 
 The pool keeps one FIFO queue and pushes tasks to the worker with the fewest
 outstanding, at most `per_worker_cap` each. The cap follows observed runtime
-(about 10 ms of queued work per worker, more than a round trip to the hub,
-so a worker does not idle while its next task travels): no-op tasks travel
-64 to a frame, tasks of 10 ms or more one at a time so they spread evenly. When a worker dies, the
+(about 10 ms of queued work per worker and at least one task waiting, so a
+worker does not idle while its next task travels from the hub): no-op tasks
+travel 64 to a frame; tasks of 100 ms or more go one at a time, so they
+spread evenly. When a worker dies, the
 task it was running (known from a counter the worker bumps in shared memory
 before each task) fails with WorkerDied or is retried; the rest go back to
 the front of the queue in order; a new worker replaces it. The pool itself
@@ -48,8 +49,9 @@ from fabric.worker.runtime import WorkItem, WorkResult
 log = logging.getLogger("fabric.endpoint.pool")
 
 #: Work (seconds of observed runtime) to keep queued on each worker.
-TARGET_QUEUED_S = 0.01  # with 0.002, 1 ms tasks ran at 0.50 efficiency; now 0.80
+TARGET_QUEUED_S = 0.01  # with 0.002, 1 ms tasks ran at 0.56 efficiency; now 0.85
 INITIAL_CAP = 2
+ONE_AT_A_TIME_S = 0.1
 MAX_CAP = 64
 EWMA_ALPHA = 0.1
 START_TIMEOUT_S = 60.0
@@ -58,14 +60,20 @@ WATCHDOG_PERIOD_S = 0.05
 
 
 def per_worker_cap(ewma_runtime_s: float | None, target_s: float = TARGET_QUEUED_S,
-                   lo: int = 1, hi: int = MAX_CAP, initial: int = INITIAL_CAP) -> int:
+                   lo: int = 2, hi: int = MAX_CAP, initial: int = INITIAL_CAP,
+                   one_at_a_time_s: float | None = ONE_AT_A_TIME_S) -> int:
     """Tasks to keep outstanding on one worker, given the mean task runtime: about
-    `target_s` of work, within lo..hi (`initial` before any runtime is seen). The
-    Parsl/Dask engines use it too, with their own bounds."""
+    `target_s` of work, within lo..hi (`initial` before any runtime is seen), so
+    the next task is already there when one ends. Tasks of `one_at_a_time_s` or
+    more go one per worker: a round trip is then under 2% of a task, and no task
+    waits behind another while a worker idles. The Parsl/Dask engines use it
+    too, with their own bounds."""
     if ewma_runtime_s is None:
         return initial
     if ewma_runtime_s <= 0:
         return hi
+    if one_at_a_time_s is not None and ewma_runtime_s >= one_at_a_time_s:
+        return 1
     return max(lo, min(hi, math.ceil(target_s / ewma_runtime_s)))
 
 

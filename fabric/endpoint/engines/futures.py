@@ -42,7 +42,8 @@ EWMA_ALPHA = 0.1
 
 def tasks_per_worker(ewma_runtime_s: float | None) -> int:
     return per_worker_cap(ewma_runtime_s, TARGET_QUEUED_S, MIN_TASKS_PER_WORKER,
-                          MAX_TASKS_PER_WORKER, initial=MIN_TASKS_PER_WORKER)
+                          MAX_TASKS_PER_WORKER, initial=MIN_TASKS_PER_WORKER,
+                          one_at_a_time_s=None)
 
 
 def engine_capacity(workers: int, can_grow: bool, workers_per_block: int,
