@@ -90,8 +90,7 @@ class Endpoint:
         self._returned: list[str] = []  # unstarted tasks handed back while draining
         self._to_send: list[pb.TaskResult] = []
         self._last_heard = time.monotonic()
-        self._echo = 0.0  # a hub heartbeat to answer at once, so the hub can time the link
-        self._batch_echo = 0.0  # a stamped task batch to answer at once (the hub times bandwidth)
+        self._echoes = Echoes()
         self._granted = 0  # credits granted on the current stream, tasks not yet received
         self._wake = asyncio.Event()
         self._stopping = False
@@ -270,11 +269,7 @@ class Endpoint:
                     self.unacked.pop(tid, None)
                 if self.outbox is not None:
                     self.outbox.ack(msg.acks)
-            if msg.HasField("heartbeat") and msg.heartbeat.sent_at:
-                self._echo = msg.heartbeat.sent_at
-                self._wake.set()
-            if msg.sent_at:
-                self._batch_echo = msg.sent_at
+            if self._echoes.heard(msg):
                 self._wake.set()
             if msg.cancel:
                 for tid in self.engine.cancel(msg.cancel):
@@ -297,18 +292,17 @@ class Endpoint:
             if pack_outgoing(msg, self._to_send, _fit(self._to_send, config.MAX_BATCH_BYTES),
                              self.draining, self._returned):
                 self._wake.set()
-            if self._batch_echo:
-                msg.batch_echo, self._batch_echo = self._batch_echo, 0.0
+            self._echoes.answer_batch(msg)
             want = self._credits_wanted()
             if want > 0:
                 msg.credits = want
                 self._granted += want
             now = time.monotonic()
-            if now - last_beat >= period or self._echo:
+            if now - last_beat >= period or self._echoes.heartbeat:
                 msg.heartbeat.CopyFrom(pb.Heartbeat(
                     load=load_per_core(), free_slots=self.engine.free_slots,
-                    queued=self.engine.queued, sent_at=time.time(), echo=self._echo))
-                self._echo = 0.0
+                    queued=self.engine.queued, sent_at=time.time(),
+                    echo=self._echoes.take_heartbeat()))
                 last_beat = now
             if (msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining
                     or msg.batch_echo):
@@ -366,6 +360,36 @@ class Endpoint:
         if self.outbox is not None:
             self.outbox.put([r for r in results if r.task_id in self.unacked])
             if _TON: _trace(results[0].task_id, 'e_outboxed')
+
+
+class Echoes:
+    """Stamps from the hub to answer at once, so that it can time the link: the
+    sent_at of its heartbeats (latency) and of its large task batches
+    (bandwidth). Shared with the simulated endpoint."""
+
+    __slots__ = ("heartbeat", "batch")
+
+    def __init__(self) -> None:
+        self.heartbeat = 0.0
+        self.batch = 0.0
+
+    def heard(self, msg: pb.HubMessage) -> bool:
+        """Note the stamps `msg` carries; True when it carried one (answer now)."""
+        stamped = False
+        if msg.HasField("heartbeat") and msg.heartbeat.sent_at:
+            self.heartbeat, stamped = msg.heartbeat.sent_at, True
+        if msg.sent_at:
+            self.batch, stamped = msg.sent_at, True
+        return stamped
+
+    def answer_batch(self, out: pb.EndpointMessage) -> None:
+        if self.batch:
+            out.batch_echo, self.batch = self.batch, 0.0
+
+    def take_heartbeat(self) -> float:
+        """The heartbeat stamp to echo in the heartbeat being sent (0.0: none)."""
+        echo, self.heartbeat = self.heartbeat, 0.0
+        return echo
 
 
 def pack_outgoing(msg: pb.EndpointMessage, to_send: list[pb.TaskResult], n: int,

@@ -38,7 +38,7 @@ import grpc
 from fabric import __version__, config, credentials, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
-from fabric.endpoint.agent import pack_outgoing
+from fabric.endpoint.agent import Echoes, pack_outgoing
 from fabric.endpoint.capabilities import load_per_core
 from fabric.models import Capabilities
 
@@ -155,8 +155,7 @@ class SimulatedEndpoint:
         self._to_send: list[pb.TaskResult] = []
         self._returned: list[str] = []
         self._granted = 0  # credits granted on this stream, tasks not yet received
-        self._echo = 0.0  # a hub heartbeat to answer at once, so the hub can time the link
-        self._batch_echo = 0.0  # a stamped task batch to answer at once (the hub times bandwidth)
+        self._echoes = Echoes()
         self._beat_due = False
         self._silent = False
         self._last_heard = self._last_beat = 0.0
@@ -315,11 +314,7 @@ class SimulatedEndpoint:
                 unacked = self.unacked
                 for tid in msg.acks:
                     unacked.pop(tid, None)
-            if msg.HasField("heartbeat") and msg.heartbeat.sent_at:
-                self._echo = msg.heartbeat.sent_at
-                self._wake.set()
-            if msg.sent_at:
-                self._batch_echo = msg.sent_at
+            if self._echoes.heard(msg):
                 self._wake.set()
             if msg.cancel:
                 self._cancel(msg.cancel)
@@ -338,17 +333,16 @@ class SimulatedEndpoint:
             if pack_outgoing(msg, self._to_send, config.MAX_TASKS_PER_BATCH, self.draining,
                              self._returned):
                 self._wake.set()
-            if self._batch_echo:
-                msg.batch_echo, self._batch_echo = self._batch_echo, 0.0
+            self._echoes.answer_batch(msg)
             want = self._credits_wanted()
             if want > 0:
                 msg.credits = want
                 self._granted += want
-            if self._beat_due or self._echo:
+            if self._beat_due or self._echoes.heartbeat:
                 hb = msg.heartbeat
                 hb.load, hb.free_slots = load_per_core(), self.workers - len(self.running)
-                hb.queued, hb.sent_at, hb.echo = len(self.waiting), time.time(), self._echo
-                self._echo, self._beat_due = 0.0, False
+                hb.queued, hb.sent_at = len(self.waiting), time.time()
+                hb.echo, self._beat_due = self._echoes.take_heartbeat(), False
                 self._last_beat = time.monotonic()
             if (msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining
                     or msg.batch_echo):
