@@ -17,10 +17,11 @@ reason, never the token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -145,33 +146,32 @@ class Guard(grpc.aio.ServerInterceptor):
         inner = getattr(handler, field)
         if inspect.isasyncgenfunction(inner):
             async def streaming_gen(request: Any, context: Any) -> Any:
-                _caller.set(p)
-                task = self._track(p)
-                try:
+                async with self._as_stream_of(p, context):
                     async for item in inner(request, context):
                         yield item
-                except asyncio.CancelledError:
-                    if task not in self._ended:
-                        raise
-                    await _abort_revoked(context)
-                finally:
-                    self._untrack(p, task)
 
             return handler._replace(**{field: streaming_gen})
 
         async def streaming(request: Any, context: Any) -> Any:
-            _caller.set(p)
-            task = self._track(p)
-            try:
+            async with self._as_stream_of(p, context):
                 return await inner(request, context)
-            except asyncio.CancelledError:
-                if task not in self._ended:
-                    raise
-                await _abort_revoked(context)
-            finally:
-                self._untrack(p, task)
 
         return handler._replace(**{field: streaming})
+
+    @contextlib.asynccontextmanager
+    async def _as_stream_of(self, p: Principal, context: Any) -> AsyncIterator[None]:
+        """Run a streaming handler as `p`, tracked so that revoking p's token ends it
+        (with UNAUTHENTICATED, rather than as a plain cancellation)."""
+        _caller.set(p)
+        task = self._track(p)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task not in self._ended:
+                raise
+            await _abort_revoked(context)
+        finally:
+            self._untrack(p, task)
 
     def _track(self, p: Principal) -> asyncio.Task[Any]:
         task = asyncio.current_task()
