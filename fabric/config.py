@@ -15,10 +15,24 @@ PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 DEFAULT_PORT = 50051
 DEFAULT_HUB_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
-#: Largest function body, argument or result payload accepted (bytes).
+#: Largest argument or result payload accepted (bytes). Anything bigger than
+#: INLINE_PAYLOAD_MAX travels as a blob, in chunks, so this is bounded by the
+#: hub's disk, not by gRPC.
 DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
-#: gRPC message limit: a payload plus envelope must fit in one message.
-GRPC_MESSAGE_LIMIT = DEFAULT_MAX_PAYLOAD + 16 * 1024 * 1024
+#: Payloads up to this size ride inside task and result messages; bigger ones
+#: are uploaded as blobs first (one extra round trip, then streamed in chunks).
+INLINE_PAYLOAD_MAX = 1024 * 1024
+#: Blobs move in chunks of this size (one gRPC message each).
+BLOB_CHUNK_BYTES = 1024 * 1024
+#: A function body must fit in one message (it is sent to every endpoint that
+#: runs it); big data belongs in the arguments.
+MAX_FUNCTION_BODY = 32 * 1024 * 1024
+#: gRPC message limit. Every batch (tasks, results, submissions) is capped at
+#: MAX_BATCH_BYTES of payload plus one inline payload, well below it.
+GRPC_MESSAGE_LIMIT = 64 * 1024 * 1024
+#: Blobs no task or result refers to are deleted after this long (an upload
+#: whose submission never came, a result that lost the race to another copy).
+DEFAULT_ORPHAN_BLOB_TTL_S = 3600.0
 
 #: Unfinished tasks one user may have at the hub; beyond it, submissions wait
 #: (the client retries with backoff) until some finish.

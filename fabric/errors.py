@@ -81,6 +81,22 @@ class TaskNotFound(NotFound):
     kind = "TASK_NOT_FOUND"
 
 
+class BlobNotFound(NotFound):
+    """No such payload at the hub (never uploaded, expired unused, or purged with its task)."""
+
+    kind = "BLOB_NOT_FOUND"
+
+
+class StorageFull(FabricError):
+    """The hub has no disk left for this payload; retry once it has room."""
+
+    kind = "STORAGE_FULL"
+
+
+class PayloadCorrupt(FabricError):
+    """A payload fetched from the hub does not match the digest taken at upload."""
+
+
 class ResultPurged(NotFound):
     """The task finished long ago; its result was dropped after the hub's retention period."""
 
@@ -181,6 +197,8 @@ BY_KIND: dict[str, type[FabricError]] = {
         FunctionNotFound,
         EndpointNotFound,
         TaskNotFound,
+        BlobNotFound,
+        StorageFull,
         EndpointOffline,
         NoEligibleEndpoint,
         QueueFull,
@@ -198,6 +216,9 @@ __all__ = [
     "PermissionDenied",
     "InvalidRequest",
     "PayloadTooLarge",
+    "BlobNotFound",
+    "StorageFull",
+    "PayloadCorrupt",
     "VersionMismatch",
     "NotFound",
     "FunctionNotFound",

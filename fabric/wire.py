@@ -21,6 +21,8 @@ _STATUS: dict[str, grpc.StatusCode] = {
     "FUNCTION_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "ENDPOINT_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "TASK_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "BLOB_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "STORAGE_FULL": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "ENDPOINT_OFFLINE": grpc.StatusCode.UNAVAILABLE,
     "NO_ELIGIBLE_ENDPOINT": grpc.StatusCode.FAILED_PRECONDITION,
     "AUTH_FAILED": grpc.StatusCode.UNAUTHENTICATED,
@@ -55,6 +57,13 @@ def from_kind(kind: str, message: str) -> errors.FabricError:
 def to_status(exc: errors.FabricError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     kind = error_kind(exc)
     return _STATUS[kind], str(exc), ((ERROR_KEY, kind),)
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: errors.FabricError) -> None:
+    """End the call being handled with `exc`'s status (raises, as context.abort does)."""
+    code, details, trailers = to_status(exc)
+    context.set_trailing_metadata(trailers)
+    await context.abort(code, details)
 
 
 def is_transient(exc: grpc.RpcError) -> bool:

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fabric import config
 from fabric._proto import fabric_pb2 as pb
 from fabric.client import Client
 from fabric.credentials import remember
@@ -139,7 +140,7 @@ def test_fuzzed_frames_get_precise_errors_and_change_nothing(fab):
         assert _call(channel, "RegisterFunction", big.SerializeToString(), fab.mallory) == \
             grpc.StatusCode.RESOURCE_EXHAUSTED
         # A frame beyond the gRPC message limit is refused by gRPC itself, precisely.
-        beyond = b"\x12" + b"\xff" * 5 + b"x" * (MAX_PAYLOAD + 17 * 2**20)
+        beyond = b"\x12" + b"\xff" * 5 + b"x" * (config.GRPC_MESSAGE_LIMIT + 2**20)
         assert _call(channel, "RegisterFunction", beyond, fab.mallory, 30, by_grpc=True) == \
             grpc.StatusCode.RESOURCE_EXHAUSTED
     print(f"\nbad-input suite: {tried['frames']} unary frames tried")

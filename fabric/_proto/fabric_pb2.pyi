@@ -33,6 +33,8 @@ class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HUB_UNAVAILABLE: _ClassVar[ErrorKind]
     INTERNAL: _ClassVar[ErrorKind]
     QUEUE_FULL: _ClassVar[ErrorKind]
+    BLOB_NOT_FOUND: _ClassVar[ErrorKind]
+    STORAGE_FULL: _ClassVar[ErrorKind]
 TASK_STATE_UNSPECIFIED: TaskState
 QUEUED: TaskState
 DISPATCHED: TaskState
@@ -54,6 +56,8 @@ NO_ELIGIBLE_ENDPOINT: ErrorKind
 HUB_UNAVAILABLE: ErrorKind
 INTERNAL: ErrorKind
 QUEUE_FULL: ErrorKind
+BLOB_NOT_FOUND: ErrorKind
+STORAGE_FULL: ErrorKind
 
 class TaskError(_message.Message):
     __slots__ = ("type_name", "message", "traceback", "exception", "kind")
@@ -70,7 +74,7 @@ class TaskError(_message.Message):
     def __init__(self, type_name: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., exception: _Optional[bytes] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "state", "value", "error", "endpoint_id", "runtime_s", "cold")
+    __slots__ = ("task_id", "state", "value", "error", "endpoint_id", "runtime_s", "cold", "value_blob")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +82,7 @@ class TaskResult(_message.Message):
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_S_FIELD_NUMBER: _ClassVar[int]
     COLD_FIELD_NUMBER: _ClassVar[int]
+    VALUE_BLOB_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     state: TaskState
     value: bytes
@@ -85,7 +90,8 @@ class TaskResult(_message.Message):
     endpoint_id: str
     runtime_s: float
     cold: bool
-    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., value: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., endpoint_id: _Optional[str] = ..., runtime_s: _Optional[float] = ..., cold: _Optional[bool] = ...) -> None: ...
+    value_blob: str
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., value: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., endpoint_id: _Optional[str] = ..., runtime_s: _Optional[float] = ..., cold: _Optional[bool] = ..., value_blob: _Optional[str] = ...) -> None: ...
 
 class RegisterFunctionRequest(_message.Message):
     __slots__ = ("name", "body", "python_version")
@@ -104,7 +110,7 @@ class RegisterFunctionReply(_message.Message):
     def __init__(self, function_id: _Optional[str] = ...) -> None: ...
 
 class TaskSubmission(_message.Message):
-    __slots__ = ("task_id", "function_id", "args", "endpoint", "walltime_s", "max_retries", "gpus", "memory_bytes", "allowed_endpoints", "deadline_s")
+    __slots__ = ("task_id", "function_id", "args", "endpoint", "walltime_s", "max_retries", "gpus", "memory_bytes", "allowed_endpoints", "deadline_s", "args_blob")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +121,7 @@ class TaskSubmission(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    ARGS_BLOB_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     function_id: str
     args: bytes
@@ -125,7 +132,8 @@ class TaskSubmission(_message.Message):
     memory_bytes: int
     allowed_endpoints: _containers.RepeatedScalarFieldContainer[str]
     deadline_s: float
-    def __init__(self, task_id: _Optional[str] = ..., function_id: _Optional[str] = ..., args: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., walltime_s: _Optional[float] = ..., max_retries: _Optional[int] = ..., gpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., allowed_endpoints: _Optional[_Iterable[str]] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    args_blob: str
+    def __init__(self, task_id: _Optional[str] = ..., function_id: _Optional[str] = ..., args: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., walltime_s: _Optional[float] = ..., max_retries: _Optional[int] = ..., gpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., allowed_endpoints: _Optional[_Iterable[str]] = ..., deadline_s: _Optional[float] = ..., args_blob: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("tasks", "session_id", "policy", "fail_if_offline")
@@ -340,6 +348,42 @@ class StatusReply(_message.Message):
     store_path: str
     counters: _containers.ScalarMap[str, int]
     def __init__(self, version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., endpoints_online: _Optional[int] = ..., endpoints_total: _Optional[int] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., functions: _Optional[int] = ..., store_path: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class BlobChunk(_message.Message):
+    __slots__ = ("data", "size", "sha256", "task_id", "endpoint_id")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    sha256: str
+    task_id: str
+    endpoint_id: str
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., task_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ...) -> None: ...
+
+class BlobRef(_message.Message):
+    __slots__ = ("blob_id", "size", "sha256")
+    BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    blob_id: str
+    size: int
+    sha256: str
+    def __init__(self, blob_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class GetBlobRequest(_message.Message):
+    __slots__ = ("blob_id", "offset", "task_id", "endpoint_id")
+    BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    blob_id: str
+    offset: int
+    task_id: str
+    endpoint_id: str
+    def __init__(self, blob_id: _Optional[str] = ..., offset: _Optional[int] = ..., task_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ...) -> None: ...
 
 class ShareRequest(_message.Message):
     __slots__ = ("kind", "ref", "users", "revoke")

@@ -94,6 +94,16 @@ class ClientServiceStub:
                 request_serializer=fabric_dot___proto_dot_fabric__pb2.HealthRequest.SerializeToString,
                 response_deserializer=fabric_dot___proto_dot_fabric__pb2.HealthReply.FromString,
                 _registered_method=True)
+        self.PutBlob = channel.stream_unary(
+                '/fabric.v1.ClientService/PutBlob',
+                request_serializer=fabric_dot___proto_dot_fabric__pb2.BlobChunk.SerializeToString,
+                response_deserializer=fabric_dot___proto_dot_fabric__pb2.BlobRef.FromString,
+                _registered_method=True)
+        self.GetBlob = channel.unary_stream(
+                '/fabric.v1.ClientService/GetBlob',
+                request_serializer=fabric_dot___proto_dot_fabric__pb2.GetBlobRequest.SerializeToString,
+                response_deserializer=fabric_dot___proto_dot_fabric__pb2.BlobChunk.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -175,6 +185,19 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutBlob(self, request_iterator, context):
+        """Upload a payload too big for one message (task arguments); fetch one (results).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBlob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -237,6 +260,16 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=fabric_dot___proto_dot_fabric__pb2.HealthRequest.FromString,
                     response_serializer=fabric_dot___proto_dot_fabric__pb2.HealthReply.SerializeToString,
+            ),
+            'PutBlob': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutBlob,
+                    request_deserializer=fabric_dot___proto_dot_fabric__pb2.BlobChunk.FromString,
+                    response_serializer=fabric_dot___proto_dot_fabric__pb2.BlobRef.SerializeToString,
+            ),
+            'GetBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetBlob,
+                    request_deserializer=fabric_dot___proto_dot_fabric__pb2.GetBlobRequest.FromString,
+                    response_serializer=fabric_dot___proto_dot_fabric__pb2.BlobChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -573,6 +606,60 @@ class ClientService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def PutBlob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fabric.v1.ClientService/PutBlob',
+            fabric_dot___proto_dot_fabric__pb2.BlobChunk.SerializeToString,
+            fabric_dot___proto_dot_fabric__pb2.BlobRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fabric.v1.ClientService/GetBlob',
+            fabric_dot___proto_dot_fabric__pb2.GetBlobRequest.SerializeToString,
+            fabric_dot___proto_dot_fabric__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class EndpointServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -588,6 +675,16 @@ class EndpointServiceStub:
                 request_serializer=fabric_dot___proto_dot_fabric__pb2.EndpointMessage.SerializeToString,
                 response_deserializer=fabric_dot___proto_dot_fabric__pb2.HubMessage.FromString,
                 _registered_method=True)
+        self.GetBlob = channel.unary_stream(
+                '/fabric.v1.EndpointService/GetBlob',
+                request_serializer=fabric_dot___proto_dot_fabric__pb2.GetBlobRequest.SerializeToString,
+                response_deserializer=fabric_dot___proto_dot_fabric__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.PutBlob = channel.stream_unary(
+                '/fabric.v1.EndpointService/PutBlob',
+                request_serializer=fabric_dot___proto_dot_fabric__pb2.BlobChunk.SerializeToString,
+                response_deserializer=fabric_dot___proto_dot_fabric__pb2.BlobRef.FromString,
+                _registered_method=True)
 
 
 class EndpointServiceServicer:
@@ -600,6 +697,19 @@ class EndpointServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBlob(self, request, context):
+        """Fetch the arguments of a task sent to this endpoint; upload a big result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutBlob(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EndpointServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -607,6 +717,16 @@ def add_EndpointServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=fabric_dot___proto_dot_fabric__pb2.EndpointMessage.FromString,
                     response_serializer=fabric_dot___proto_dot_fabric__pb2.HubMessage.SerializeToString,
+            ),
+            'GetBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetBlob,
+                    request_deserializer=fabric_dot___proto_dot_fabric__pb2.GetBlobRequest.FromString,
+                    response_serializer=fabric_dot___proto_dot_fabric__pb2.BlobChunk.SerializeToString,
+            ),
+            'PutBlob': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutBlob,
+                    request_deserializer=fabric_dot___proto_dot_fabric__pb2.BlobChunk.FromString,
+                    response_serializer=fabric_dot___proto_dot_fabric__pb2.BlobRef.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -636,6 +756,60 @@ class EndpointService:
             '/fabric.v1.EndpointService/Connect',
             fabric_dot___proto_dot_fabric__pb2.EndpointMessage.SerializeToString,
             fabric_dot___proto_dot_fabric__pb2.HubMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fabric.v1.EndpointService/GetBlob',
+            fabric_dot___proto_dot_fabric__pb2.GetBlobRequest.SerializeToString,
+            fabric_dot___proto_dot_fabric__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutBlob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fabric.v1.EndpointService/PutBlob',
+            fabric_dot___proto_dot_fabric__pb2.BlobChunk.SerializeToString,
+            fabric_dot___proto_dot_fabric__pb2.BlobRef.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,7 +44,8 @@ def main() -> None:
               help="port to listen on (0 = any free port)")
 @click.option("--store", "store_path", default=None, help="SQLite file  [default: ~/.fabric/hub.db]")
 @click.option("--max-payload", default=config.DEFAULT_MAX_PAYLOAD, show_default=True, type=int,
-              help="largest function body, argument or result in bytes")
+              help="largest argument or result in bytes (those over 1 MiB move in chunks "
+                   "and are kept as files beside the store); function bodies stop at 32 MiB")
 @click.option("--heartbeat", default=config.DEFAULT_HEARTBEAT_PERIOD_S, show_default=True,
               type=click.FloatRange(min=0.01), help="heartbeat period in seconds")
 @click.option("--heartbeat-misses", default=config.DEFAULT_HEARTBEAT_MISSES, show_default=True,
@@ -57,6 +58,9 @@ def main() -> None:
 @click.option("--max-queued-per-user", default=config.DEFAULT_MAX_QUEUED_PER_USER,
               show_default=True, type=click.IntRange(min=1),
               help="unfinished tasks per user; more submissions wait (clients retry) until some finish")
+@click.option("--blob-ttl", default=config.DEFAULT_ORPHAN_BLOB_TTL_S, show_default=True,
+              type=click.FloatRange(min=0),
+              help="seconds an uploaded payload may wait for the task that uses it")
 @click.option("--no-auth", is_flag=True,
               help="local experiments only: no tokens, everything belongs to one user; "
                    "loopback only")
@@ -65,7 +69,7 @@ def main() -> None:
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def hub(host: str, port: int, store_path: str | None, max_payload: int, heartbeat: float,
         heartbeat_misses: int, retention: float, max_age: float, max_queued_per_user: int,
-        no_auth: bool, tls_cert: str,
+        blob_ttl: float, no_auth: bool, tls_cert: str,
         tls_key: str, verbose: int) -> None:
     """Run a hub in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
@@ -88,7 +92,7 @@ def hub(host: str, port: int, store_path: str | None, max_payload: int, heartbea
             "in the clear. Use --tls-cert/--tls-key. !!!", host)
     cfg = HubConfig(host=host, port=port, max_payload=max_payload, heartbeat_period=heartbeat,
                     heartbeat_misses=heartbeat_misses, retention_s=retention, max_age_s=max_age,
-                    max_queued_per_user=max_queued_per_user,
+                    max_queued_per_user=max_queued_per_user, orphan_blob_ttl_s=blob_ttl,
                     auth=not no_auth, tls_cert=tls_cert, tls_key=tls_key)
     if store_path:
         cfg.store_path = store_path

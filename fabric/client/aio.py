@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import grpc
 
-from fabric import config, credentials, errors
+from fabric import blobs, config, credentials, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.client.results import is_final, outcome
@@ -38,6 +38,7 @@ log = logging.getLogger("fabric.client")
 ResultListener = Callable[[pb.TaskResult], bool]
 
 SUBMIT_BATCH = 2048
+UPLOADS_AT_ONCE = 4  # big arguments uploaded in parallel
 CACHE_RESULTS = 10_000
 
 
@@ -76,6 +77,8 @@ class AsyncClient:
         # message); None until the first, and again after it broke.
         self._submit_stream: Any = None
         self._stream_supported = True
+        # Results whose big values are being fetched, by task id (not delivered yet).
+        self._fetching: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
     # ------------------------------------------------------------ plumbing
@@ -114,6 +117,8 @@ class AsyncClient:
             except errors.FabricError:
                 pass
         self._closed = True
+        for job in self._fetching.values():
+            job.cancel()
         if self._submit_stream is not None:
             self._submit_stream.cancel()
         if self._watch_task is not None:
@@ -183,7 +188,8 @@ class AsyncClient:
     async def _flush(self) -> None:
         try:
             while self._outbox:
-                batch, self._outbox = self._outbox[:SUBMIT_BATCH], self._outbox[SUBMIT_BATCH:]
+                n = _fit(self._outbox, SUBMIT_BATCH, config.MAX_BATCH_BYTES)
+                batch, self._outbox = self._outbox[:n], self._outbox[n:]
                 by_key: dict[tuple[str, bool], list[Any]] = {}
                 for item in batch:
                     by_key.setdefault(item[1], []).append(item)
@@ -203,6 +209,8 @@ class AsyncClient:
         self._submitting.update(ids)
         if _TON: _trace(ids[0], 'c_rpc')
         try:
+            if _TON: _trace(ids[0], 'c_upload')
+            await self._upload_big_args(req.tasks)
             await self._send_submission(req)
             if _TON: _trace(ids[0], 'c_acked')
         except errors.FabricError as exc:
@@ -245,6 +253,27 @@ class AsyncClient:
             self._submit_stream = None  # broken (hub restart): reopened on the next submission
             call.cancel()
         return await self._call("Submit", req)
+
+    async def _upload_big_args(self, subs: Any) -> None:
+        """Arguments too big for one message go to the hub first, as blobs; the
+        submission then names the blob. (A retried submission reuses it.)"""
+        big = [s for s in subs if _is_big(s)]
+        if not big:
+            return
+        slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
+
+        async def one(s: pb.TaskSubmission) -> None:
+            async with slots:
+                args = s.args  # (a copy: read once)
+                try:
+                    s.args_blob = await blobs.upload(self.stub, args, self._metadata,
+                                                     retry_for=self.retry_timeout)
+                except errors.PayloadTooLarge as exc:
+                    raise errors.PayloadTooLarge(f"task {s.task_id}: arguments are "
+                                                 f"{len(args)} bytes; {exc}") from None
+            s.ClearField("args")
+
+        await asyncio.gather(*map(one, big))
 
     async def _drain_outbox(self) -> None:
         while self._outbox or self._flushing:
@@ -314,8 +343,34 @@ class AsyncClient:
         return out
 
     async def status_of(self, task_ids: Sequence[str]) -> list[pb.TaskResult]:
-        reply = await self._call("GetResults", pb.GetResultsRequest(task_ids=list(task_ids)))
-        return list(reply.results)
+        """What the hub knows of each task now, big values fetched."""
+        out: list[pb.TaskResult] = []
+        ids = list(task_ids)
+        while ids:  # the hub answers as many as fit in one message
+            reply = await self._call("GetResults", pb.GetResultsRequest(task_ids=ids))
+            if not reply.results:
+                raise errors.FabricError("the hub answered GetResults with no results")
+            out.extend(reply.results)
+            ids = ids[len(reply.results):]
+        return list(await asyncio.gather(*map(self._with_value, out)))
+
+    async def _with_value(self, r: pb.TaskResult) -> pb.TaskResult:
+        """`r` with its value in place: a big one is fetched from the hub. A value that
+        cannot be fetched (purged meanwhile) becomes the task's error."""
+        if not r.value_blob:
+            return r
+        try:
+            if _TON: _trace(r.task_id, 'c_fetch')
+            r.value = await blobs.download(self.stub, r.value_blob, self._metadata,
+                                           retry_for=self.retry_timeout)
+            if _TON: _trace(r.task_id, 'c_fetched')
+        except errors.FabricError as exc:
+            r.state = pb.FAILED
+            r.error.CopyFrom(pb.TaskError(
+                type_name="ResultUnavailable", kind="system",
+                message=f"the task finished, but its result could not be fetched: {exc}"))
+        r.ClearField("value_blob")
+        return r
 
     async def wait(self, task_ids: Sequence[str], timeout: float | None) -> list[pb.TaskResult]:
         """Final results for `task_ids` (in order). timeout=None: do not wait, return
@@ -398,7 +453,9 @@ class AsyncClient:
                     delay = 0.05
                     for r in batch.results:
                         if _TON: _trace(r.task_id, 'c_watch_in')
-                        if is_final(r):
+                        if r.value_blob:
+                            self._fetch_then_deliver(r)
+                        elif is_final(r):
                             self._deliver(r)
                 if self._closed:
                     return
@@ -412,6 +469,19 @@ class AsyncClient:
                 log.info("result stream to %s broke (%s); reconnecting", self.address, exc.code().name)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _fetch_then_deliver(self, r: pb.TaskResult) -> None:
+        """A big value is fetched off the result stream, so other results keep flowing."""
+        if r.task_id in self._fetching or r.task_id not in self._watched:
+            return  # already on its way, or a repeat of one delivered
+
+        async def fetch() -> None:
+            try:
+                self._deliver(await self._with_value(r))
+            finally:
+                self._fetching.pop(r.task_id, None)
+
+        self._fetching[r.task_id] = asyncio.create_task(fetch())
 
     def _fail_waiters(self, exc: BaseException) -> None:
         for futs in self._waiters.values():
@@ -451,3 +521,22 @@ class AsyncClient:
                 raise errors.TaskTimeout(f"{len(online)} of {count} endpoints online after {timeout}s")
             await asyncio.sleep(0.05)
 
+
+
+def _fit(queued: list[Any], most: int, budget: int) -> int:
+    """How many queued submissions from the front make one Submit: at most `most`,
+    with inline arguments within `budget` bytes (at least one). Big arguments go
+    as blobs, so they cost nothing here."""
+    n, size = 0, 0
+    for sub, _, _ in queued[:most]:
+        if not _is_big(sub):
+            size += sub.ByteSize()
+        if n and size > budget:
+            break
+        n += 1
+    return n
+
+
+def _is_big(sub: pb.TaskSubmission) -> bool:
+    # By the message's size: reading `sub.args` would copy the bytes out.
+    return sub.ByteSize() > config.INLINE_PAYLOAD_MAX

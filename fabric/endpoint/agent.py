@@ -29,12 +29,14 @@ from typing import Any
 
 import grpc
 
-from fabric import __version__, config, credentials
+from fabric import __version__, config, credentials, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.endpoint.capabilities import detect, gpu_ids, load_per_core
 from fabric.endpoint.engines import EngineConfig, EngineContext, make_engine
+from fabric.blobs import is_big
 from fabric.endpoint.outbox import Outbox, StateDir
+from fabric.endpoint.transfers import Transfers
 from fabric.models import error_to_proto
 from fabric.serialize import ErrorInfo
 from fabric.worker.runtime import WorkItem, WorkResult
@@ -76,6 +78,11 @@ class Endpoint:
         self.state = StateDir(cfg.name, cfg.state_dir)
         self._metadata = credentials.metadata(credentials.endpoint_token(self.state.path, cfg.token))
         self.refused: str | None = None  # why the hub refused our token, if it did
+        self.transfers = Transfers(cfg.hub, cfg.tls_ca, self._metadata)
+        # Held tasks whose arguments are still being fetched (not in the engine yet),
+        # and results whose values are being uploaded (not sendable yet).
+        self._staging: dict[str, asyncio.Task[None]] = {}
+        self._uploading: dict[str, asyncio.Task[None]] = {}
         # The agent speaks to its engine only through fabric.endpoint.engines.Engine.
         self.engine = make_engine(cfg.engine, EngineContext(
             workers=cfg.workers, on_results=self._on_results,
@@ -86,6 +93,9 @@ class Endpoint:
         self.outbox: Outbox | None = None
         self.held: dict[str, WorkItem] = {}  # received, no result yet
         self.unacked: dict[str, pb.TaskResult] = {}  # results the hub has not acknowledged
+        # Their values too big for a message, kept apart: reading a bytes field of a
+        # protobuf message copies it, and these may be hundreds of megabytes.
+        self._values: dict[str, bytes] = {}
         self.draining = False
         self._returned: list[str] = []  # unstarted tasks handed back while draining
         self._to_send: list[pb.TaskResult] = []
@@ -104,6 +114,10 @@ class Endpoint:
         try:
             self.outbox = Outbox(self.state.outbox)
             for r in self.outbox.pending():  # finished before a restart, never acknowledged
+                value = r.value
+                if is_big(value):
+                    self._values[r.task_id] = value
+                    r.ClearField("value")
                 self.unacked[r.task_id] = r
             if self.unacked:
                 log.info("%d results from before the restart will be replayed", len(self.unacked))
@@ -128,10 +142,11 @@ class Endpoint:
             return
         self.draining = True
         timeout = self.config.drain_timeout_s if timeout is None else timeout
-        unstarted = self.engine.take_unstarted()
-        for item in unstarted:
-            self.held.pop(item.task_id, None)
-        self._returned.extend(item.task_id for item in unstarted)
+        unstarted = [item.task_id for item in self.engine.take_unstarted()]
+        unstarted += self._stop_staging(list(self._staging))
+        for tid in unstarted:
+            self.held.pop(tid, None)
+        self._returned.extend(unstarted)
         log.info("draining: %d unstarted tasks handed back, %d running", len(unstarted),
                  len(self.held))
         self._wake.set()
@@ -165,7 +180,11 @@ class Endpoint:
                 await self._main
             except (asyncio.CancelledError, Exception):
                 pass
+        self._stop_staging(list(self._staging))
+        for job in list(self._uploading.values()):
+            job.cancel()
         await self.engine.shutdown()
+        await self.transfers.close()
         self._release()
         self._closed.set()
 
@@ -226,7 +245,12 @@ class Endpoint:
             self.endpoint_id = reply.welcome.endpoint_id
             self._last_heard = time.monotonic()
             period = reply.welcome.heartbeat_period_s or config.DEFAULT_HEARTBEAT_PERIOD_S
-            self._to_send = list(self.unacked.values())  # replay what the hub never confirmed
+            # Replay what the hub never confirmed. Big values are uploaded again: the
+            # blob ids of an earlier session may name blobs this hub never saw.
+            self._to_send = [m for m in self.unacked.values() if m.task_id not in self._values]
+            for m in self.unacked.values():
+                if m.task_id in self._values and m.task_id not in self._uploading:
+                    self._upload_then_send(m)
             self.connected.set()
             log.info("connected to hub %s as %s (%s)", cfg.hub, cfg.name, self.endpoint_id)
             self._wake.set()
@@ -263,16 +287,18 @@ class Endpoint:
                 items = self._allowed(items)
                 for item in items:
                     self.held[item.task_id] = item
-                self.engine.submit(items)
+                blob_of = {t.task_id: t.args_blob for t in msg.tasks if t.args_blob}
+                for item in items:
+                    if item.task_id in blob_of:
+                        self._staging[item.task_id] = asyncio.create_task(
+                            self._fetch_then_run(item, blob_of[item.task_id]))
+                self.engine.submit([i for i in items if i.task_id not in blob_of])
             if msg.acks:
-                for tid in msg.acks:
-                    self.unacked.pop(tid, None)
-                if self.outbox is not None:
-                    self.outbox.ack(msg.acks)
+                self._forget(list(msg.acks))
             if self._echoes.heard(msg):
                 self._wake.set()
             if msg.cancel:
-                for tid in self.engine.cancel(msg.cancel):
+                for tid in [*self.engine.cancel(msg.cancel), *self._stop_staging(msg.cancel)]:
                     self.held.pop(tid, None)
                 self._wake.set()  # room for more: grant credits
 
@@ -332,21 +358,103 @@ class Endpoint:
         # Workers joined or left (autoscaling): grant (or stop granting) credits now.
         self._wake.set()
 
+    # ------------------------------------------------------------ big payloads
+    async def _fetch_then_run(self, item: WorkItem, blob_id: str) -> None:
+        """Fetch a task's arguments (too big to come with it), then hand it to the engine."""
+        try:
+            if _TON: _trace(item.task_id, 'e_fetch')
+            item.args = await self.transfers.fetch(blob_id, item.task_id, lambda: self.endpoint_id)
+            if _TON: _trace(item.task_id, 'e_fetched')
+        except errors.PermissionDenied:
+            # The hub no longer has the task out here (requeued elsewhere while our link
+            # was down, or cancelled): drop it; a failure from us would be a false one.
+            self._staging.pop(item.task_id, None)
+            self.held.pop(item.task_id, None)
+            self._wake.set()  # room for another: grant a credit
+            return
+        except errors.FabricError as exc:  # gone or damaged: the task cannot run anywhere
+            self._staging.pop(item.task_id, None)
+            self._on_results([WorkResult(item.task_id, False, error=ErrorInfo(
+                "PayloadUnavailable", f"endpoint {self.config.name} could not fetch the "
+                f"task's arguments: {exc}", "", b"", "system"))])
+            return
+        self._staging.pop(item.task_id, None)
+        if item.task_id in self.held:  # not cancelled or handed back meanwhile
+            self.engine.submit([item])
+
+    def _stop_staging(self, task_ids: list[str]) -> list[str]:
+        """Stop fetching these tasks' arguments; returns the ids that were being fetched."""
+        stopped = []
+        for tid in task_ids:
+            job = self._staging.pop(tid, None)
+            if job is not None:
+                job.cancel()
+                stopped.append(tid)
+        return stopped
+
+    def _upload_then_send(self, m: pb.TaskResult) -> None:
+        """A value too big for the result message goes to the hub as a blob first."""
+        value = self._values[m.task_id]
+
+        async def upload() -> None:
+            try:
+                if _TON: _trace(m.task_id, 'e_upload')
+                blob_id = await self.transfers.upload(value, m.task_id, lambda: self.endpoint_id)
+                if _TON: _trace(m.task_id, 'e_uploaded')
+            except errors.PermissionDenied:
+                # The hub no longer has the task out here (cancelled, or requeued and run
+                # elsewhere after our link dropped): nobody waits for this result.
+                self._forget([m.task_id])
+                return
+            except errors.FabricError as exc:  # too big for the hub, or its disk is full
+                failed = pb.TaskResult(task_id=m.task_id, state=pb.FAILED,
+                                       endpoint_id=m.endpoint_id, runtime_s=m.runtime_s)
+                failed.error.CopyFrom(pb.TaskError(
+                    type_name=type(exc).__name__, kind="system",
+                    message=f"the result ({len(value)} bytes) could not be stored at "
+                            f"the hub: {exc}"))
+                self.unacked[m.task_id] = failed
+                self._values.pop(m.task_id, None)
+                self._to_send.append(failed)
+            else:
+                wire = pb.TaskResult()
+                wire.CopyFrom(m)  # (m has no value: a small copy)
+                wire.value_blob = blob_id
+                self._to_send.append(wire)
+            finally:
+                self._uploading.pop(m.task_id, None)
+            self._wake.set()
+
+        self._uploading[m.task_id] = asyncio.create_task(upload())
+
+    def _forget(self, task_ids: list[str]) -> None:
+        for tid in task_ids:
+            self.unacked.pop(tid, None)
+            self._values.pop(tid, None)
+        if self.outbox is not None:
+            self.outbox.ack(task_ids)
+
     # ------------------------------------------------------------ results
     def _on_results(self, results: list[WorkResult]) -> None:
         fresh = []
         for r in results:
             self.held.pop(r.task_id, None)
+            big = is_big(r.value)
+            if big:
+                self._values[r.task_id] = r.value
             m = pb.TaskResult(task_id=r.task_id, state=pb.SUCCESS if r.ok else pb.FAILED,
-                              value=r.value, runtime_s=r.runtime_s, cold=r.cold,
-                              endpoint_id=self.endpoint_id or "")
+                              value=b"" if big else r.value, runtime_s=r.runtime_s,
+                              cold=r.cold, endpoint_id=self.endpoint_id or "")
             if r.error is not None:
                 m.error.CopyFrom(error_to_proto(r.error))
             fresh.append(m)
         if _TON: _trace(fresh[0].task_id, 'e_result_in')
         for m in fresh:
             self.unacked[m.task_id] = m
-            self._to_send.append(m)
+            if m.task_id in self._values:
+                self._upload_then_send(m)
+            else:
+                self._to_send.append(m)
         self.completed += len(results)
         self._wake.set()
         if self.outbox is not None:
@@ -358,8 +466,26 @@ class Endpoint:
 
     def _save(self, results: list[pb.TaskResult]) -> None:
         if self.outbox is not None:
-            self.outbox.put([r for r in results if r.task_id in self.unacked])
+            small = [r for r in results
+                     if r.task_id in self.unacked and r.task_id not in self._values]
+            if small:
+                self.outbox.put(small)
+            for r in results:
+                if r.task_id in self._values:
+                    asyncio.create_task(self._save_big(r))
             if _TON: _trace(results[0].task_id, 'e_outboxed')
+
+    async def _save_big(self, r: pb.TaskResult) -> None:
+        # Hundreds of megabytes take a while to write: not on the loop, which meanwhile
+        # uploads the same value and keeps the link's heartbeats going.
+        outbox, value = self.outbox, self._values.get(r.task_id)
+        if outbox is None or value is None:
+            return
+        await asyncio.to_thread(outbox.save_value, r.task_id, value)
+        if outbox is self.outbox:
+            outbox.put([r])  # the row, without the value: pending() reads the file back
+            if r.task_id not in self.unacked:  # acknowledged while it was being written
+                outbox.ack([r.task_id])
 
 
 class Echoes:

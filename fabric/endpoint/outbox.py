@@ -8,7 +8,9 @@ endpoint restart.
 
 SQLite in WAL mode with synchronous=NORMAL: a commit survives the process
 being killed (only an OS crash can lose the last commits), and costs tens
-of microseconds, paid once per batch of results.
+of microseconds, paid once per batch of results. A value too big for one
+message (`fabric.blobs.is_big`) goes to a file of its own beside the table
+instead: SQLite writes big rows page by page, ten times slower than a file.
 
 The directory is owned by one endpoint process at a time (`StateDir.lock`),
 so two endpoints started with the same name on one machine cannot share it.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from fabric import config
+from fabric.blobs import is_big, without_value
 from fabric._proto import fabric_pb2 as pb
 from fabric.errors import EndpointBusy
 
@@ -79,18 +82,33 @@ class Outbox:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self.values = Path(self.path + ".values")  # big values, a file per task
+        self.values.mkdir(exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS results "
                          "(task_id TEXT PRIMARY KEY, result BLOB NOT NULL)")
+        stored = {tid for (tid,) in self._db.execute("SELECT task_id FROM results")}
+        self._big: set[str] = set()
+        for p in self.values.iterdir():  # a crash may leave a value whose row never committed
+            if p.name in stored:
+                self._big.add(p.name)
+            else:
+                p.unlink(missing_ok=True)
 
     def put(self, results: Sequence[pb.TaskResult]) -> None:
         """Store results (one transaction). A task's newer result replaces an older one."""
+        rows = []
+        for r in results:
+            if is_big(r.value):
+                if r.task_id not in self._big:
+                    self.save_value(r.task_id, r.value)
+                r = without_value(r)
+            rows.append((r.task_id, r.SerializeToString()))
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)",
-                                 [(r.task_id, r.SerializeToString()) for r in results])
+            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)", rows)
 
     def ack(self, task_ids: Iterable[str]) -> None:
         """The hub stored these: forget them."""
@@ -99,16 +117,34 @@ class Outbox:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany("DELETE FROM results WHERE task_id=?", rows)
+            for (tid,) in rows:
+                if tid in self._big:
+                    self._big.discard(tid)
+                    (self.values / tid).unlink(missing_ok=True)
 
     def pending(self) -> list[pb.TaskResult]:
         """Everything not acknowledged yet, oldest first."""
         out = []
         for (blob,) in self._db.execute("SELECT result FROM results ORDER BY rowid"):
-            out.append(pb.TaskResult.FromString(blob))
+            r = pb.TaskResult.FromString(blob)
+            if r.task_id in self._big:
+                r.value = (self.values / r.task_id).read_bytes()
+            out.append(r)
         return out
+
+    def save_value(self, task_id: str, value: bytes) -> None:
+        """Write a big value ahead of put() (safe on another thread: it touches no
+        table). Written whole, then renamed: a crash leaves the old file or the new one."""
+        if "/" in task_id or task_id.startswith("."):
+            raise ValueError(f"task id {task_id!r} cannot name a file")
+        part = self.values / (task_id + ".part")
+        part.write_bytes(value)
+        os.replace(part, self.values / task_id)
+        self._big.add(task_id)
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
+

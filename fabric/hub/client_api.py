@@ -24,6 +24,7 @@ from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.hub.access import Access
 from fabric.hub.auth import Principal, check_user_name
+from fabric.hub.blobs import Blobs, check_blob_id, chunk_reader
 from fabric.hub.dispatch import NO_NEEDS, Dispatcher, LiveTask, Needs
 from fabric.hub.guard import audit_refusal, caller
 from fabric.hub.sessions import Sessions
@@ -31,13 +32,14 @@ from fabric.hub.store import FunctionRow, TaskStore
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
 from fabric.serialize import function_id as make_function_id
 from fabric.states import TaskState
-from fabric.wire import error_kind, to_status
+from fabric.wire import abort, error_kind, to_status
 
 log = logging.getLogger("fabric.hub")
 
 MAX_IDS_PER_CALL = 100_000
 MAX_ID_LENGTH = 128
 MAX_TASKS_LISTED = 10_000
+RESULTS_PER_READ = 256  # GetResults reads the store this many ids at a time
 
 
 def _rpc(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -85,9 +87,10 @@ def check_limits(t: pb.TaskSubmission) -> None:
 
 class ClientApi(pb_grpc.ClientServiceServicer):
     def __init__(self, dispatcher: Dispatcher, store: TaskStore, sessions: Sessions,
-                 access: Access, max_payload: int, version: str,
+                 access: Access, blobs: Blobs, max_payload: int, version: str,
                  max_queued: int = config.DEFAULT_MAX_QUEUED_PER_USER) -> None:
         self.max_queued = max_queued
+        self.blobs = blobs
         self.d = dispatcher
         self.access = access
         self.store = store
@@ -106,9 +109,11 @@ class ClientApi(pb_grpc.ClientServiceServicer):
     async def RegisterFunction(self, request: pb.RegisterFunctionRequest, context: Any) -> pb.RegisterFunctionReply:
         if not request.body:
             raise errors.InvalidRequest("function body is empty")
-        if len(request.body) > self.max_payload:
+        limit = min(self.max_payload, config.MAX_FUNCTION_BODY)
+        if len(request.body) > limit:
             raise errors.PayloadTooLarge(
-                f"function body is {len(request.body)} bytes; the limit is {self.max_payload}")
+                f"function body is {len(request.body)} bytes; the limit is {limit} (it goes "
+                "to every endpoint that runs it): pass big data as an argument instead")
         if not request.python_version or len(request.python_version) > 16:
             raise errors.InvalidRequest("python_version must be set, e.g. '3.11'")
         owner = caller().user
@@ -184,6 +189,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 raise errors.PayloadTooLarge(
                     f"task {t.task_id}: arguments are {len(t.args)} bytes; "
                     f"the limit is {self.max_payload}")
+            size = await self._args_blob_size(t, owner) if t.args_blob else len(t.args)
             check_limits(t)
             requested = None
             if t.endpoint:
@@ -193,7 +199,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             live.append(LiveTask(t.task_id, fn.function_id, t.args, requested,
                                  fn.python_version, policy, t.walltime_s,
                                  t.max_retries if t.HasField("max_retries") else None,
-                                 self._needs(t, resolved), owner))
+                                 self._needs(t, resolved), owner, t.args_blob or None, size))
         if request.fail_if_offline and not self.d.links and any(t.requested is None for t in live):
             raise errors.NoEligibleEndpoint("no endpoint is online")
         # Resubmitting an id that is already live is a no-op (idempotent retries).
@@ -213,7 +219,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             now = time.time()
             rows = [(t.task_id, t.function_id, int(TaskState.QUEUED), t.requested, t.endpoint_id,
                      session_id, owner, t.reason, t.args, now, t.walltime_s,
-                     t.max_retries, json.dumps(t.needs.to_dict()) if t.needs != NO_NEEDS else None)
+                     t.max_retries, json.dumps(t.needs.to_dict()) if t.needs != NO_NEEDS else None,
+                     t.args_blob)
                     for t in live]
             if _TON: _trace(request.tasks[0].task_id, 'h_insert')
             existing = await self.store.insert_tasks(rows)  # acknowledged only once committed
@@ -237,6 +244,16 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             await self._push_known(session_id, list(existing))
         if _TON: _trace(request.tasks[0].task_id, 'h_submit_out')
         return pb.SubmitReply(task_ids=[t.task_id for t in request.tasks])
+
+    async def _args_blob_size(self, t: pb.TaskSubmission, owner: str) -> int:
+        """Arguments uploaded as a blob: the caller's own, and nothing inline besides."""
+        if t.args:
+            raise errors.InvalidRequest(f"task {t.task_id}: send the arguments inline or as "
+                                        "a blob, not both")
+        blob = await self.blobs.meta(t.args_blob)
+        if blob.owner != owner:  # (a result of one's own may be passed on as arguments)
+            raise errors.PermissionDenied(f"blob {t.args_blob} belongs to another user")
+        return blob.size
 
     def _needs(self, t: pb.TaskSubmission, resolved: dict[str, str]) -> Needs:
         if t.gpus < 0 or t.memory_bytes < 0 or not 0 <= t.deadline_s < float("inf"):
@@ -292,6 +309,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                         type_name="TaskNotFound", message=f"unknown task id {tid!r}", kind="system"))
                     continue
                 r = pb.TaskResult(task_id=tid, state=int(row.state), value=row.value or b"",
+                                  value_blob=row.value_blob or "",
                                   endpoint_id=row.endpoint_id or "", runtime_s=row.runtime_s or 0.0)
                 if row.error:
                     r.error.ParseFromString(row.error)
@@ -310,8 +328,19 @@ class ClientApi(pb_grpc.ClientServiceServicer):
 
     @_rpc
     async def GetResults(self, request: pb.GetResultsRequest, context: Any) -> pb.GetResultsReply:
+        """Results for a prefix of the ids: as many as fit in one message (at least one)."""
         ids = check_ids(request.task_ids, "task")
-        results = await self.results(ids)
+        results: list[pb.TaskResult] = []
+        size = 0
+        for i in range(0, len(ids), RESULTS_PER_READ):
+            for r in await self.results(ids[i:i + RESULTS_PER_READ]):
+                size += r.ByteSize()
+                if results and size > config.MAX_BATCH_BYTES:
+                    break
+                results.append(r)
+            else:
+                continue
+            break
         self.sessions.delivered([r.task_id for r in results if r.state in _FINAL])
         return pb.GetResultsReply(results=results)
 
@@ -449,6 +478,31 @@ class ClientApi(pb_grpc.ClientServiceServicer):
 
     async def Health(self, request: pb.HealthRequest, context: Any) -> pb.HealthReply:
         return pb.HealthReply(version=self.version)
+
+    # ------------------------------------------------------------ big payloads
+    @_rpc
+    async def PutBlob(self, request_iterator: Any, context: Any) -> pb.BlobRef:
+        """Arguments too big for one message, uploaded before the Submit that uses them."""
+        read = chunk_reader(context)
+        first = await read()
+        if first is None:
+            raise errors.InvalidRequest("empty upload: the first chunk says what follows")
+        if first.task_id or first.endpoint_id:
+            raise errors.InvalidRequest("task_id and endpoint_id are for endpoint uploads")
+        return await self.blobs.receive(first, read, owner=caller().user)
+
+    async def GetBlob(self, request: pb.GetBlobRequest, context: Any) -> Any:
+        """A result too big for one message; only the task's submitter may fetch it."""
+        try:
+            blob = await self.blobs.meta(check_blob_id(request.blob_id))
+            if blob.owner != caller().user:
+                raise errors.PermissionDenied(f"blob {request.blob_id} belongs to another user")
+            async for chunk in self.blobs.stream(blob, request.offset):
+                yield chunk
+        except errors.FabricError as exc:
+            if isinstance(exc, errors.PermissionDenied):
+                audit_refusal(context.peer(), "GetBlob", exc, caller())
+            await abort(context, exc)
 
 
 _FINAL = (pb.SUCCESS, pb.FAILED, pb.CANCELLED, pb.PURGED)

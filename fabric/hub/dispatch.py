@@ -57,7 +57,7 @@ class Dispatcher:
         # Monotonic counts for `fabric status` and the chaos benchmark.
         self.counters: dict[str, int] = dict.fromkeys(
             ("results", "duplicates_dropped", "links_lost", "requeued", "handed_back",
-             "cancelled", "withdrawn", "purged", "queue_full"), 0)
+             "cancelled", "withdrawn", "purged", "queue_full", "blobs_deleted"), 0)
 
     # ------------------------------------------------------------ routing
     def policy(self, name: str) -> scheduler.Policy:
@@ -314,9 +314,12 @@ class Dispatcher:
                 fn = self.functions[t.function_id]
                 msg.functions.add(function_id=fn.function_id, body=fn.body)
                 link.sent_functions.add(t.function_id)
+                size += len(fn.body)
             if _TON: _trace(tid, 'h_take')
             task = msg.tasks.add(task_id=tid, function_id=t.function_id, args=t.args,
                                  walltime_s=t.walltime_s)
+            if t.args_blob:  # the endpoint fetches these itself (EndpointApi.GetBlob)
+                task.args_blob = t.args_blob
             if t.max_retries is not None:
                 task.max_retries = t.max_retries
             t.state = TaskState.DISPATCHED
@@ -370,13 +373,14 @@ class Dispatcher:
             self.unfinished_by[t.owner] -= 1
             self._release(t)
             if r.state == pb.SUCCESS:
-                self.model.observe(t.function_id, link.endpoint_id, r.runtime_s, len(t.args),
+                self.model.observe(t.function_id, link.endpoint_id, r.runtime_s, t.size,
                                    cold=r.cold)
             link.in_flight.discard(r.task_id)
             if not r.endpoint_id:
                 r.endpoint_id = link.endpoint_id
             error = r.error.SerializeToString() if r.HasField("error") else None
-            rows.append((int(r.state), r.value or None, error, r.error.type_name or None,
+            rows.append((int(r.state), r.value or None, r.value_blob or None, error,
+                         r.error.type_name or None,
                          link.endpoint_id, now, r.runtime_s, r.task_id))
             fresh.append(r)
             owners.append(t.owner)
@@ -458,7 +462,7 @@ class Dispatcher:
             self._release(t)
             out.append(pb.TaskResult(task_id=tid, state=int(state), error=err,
                                      endpoint_id=t.endpoint_id or ""))
-            rows.append((int(state), None, err.SerializeToString(), err.type_name, None, now,
+            rows.append((int(state), None, None, err.SerializeToString(), err.type_name, None, now,
                          0.0, tid))
         if rows:
             self.counters[counter] += len(rows)

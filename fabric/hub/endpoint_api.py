@@ -26,22 +26,27 @@ from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric import errors
 from fabric.hub.access import Access
 from fabric.hub.auth import NO_AUTH
+from fabric.hub.blobs import Blobs, check_blob_id, chunk_reader
 from fabric.hub.dispatch import Dispatcher, EndpointRecord, Link
 from fabric.hub.guard import audit_refusal, caller
 from fabric.hub.store import TaskStore
 from fabric.models import Capabilities
-from fabric.wire import ERROR_KEY, to_status
+from fabric.wire import ERROR_KEY, abort, to_status
 
 log = logging.getLogger("fabric.hub")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_CREDITS = 1_000_000
+MAX_UNCLAIMED = 10_000  # result blobs awaiting their result, before stale ones are pruned
 
 
 class EndpointApi(pb_grpc.EndpointServiceServicer):
-    def __init__(self, dispatcher: Dispatcher, store: TaskStore, access: Access,
+    def __init__(self, dispatcher: Dispatcher, store: TaskStore, access: Access, blobs: Blobs,
                  heartbeat_period: float) -> None:
         self.d = dispatcher
+        self.blobs = blobs
+        # Result blobs uploaded and not yet claimed by their result: blob id -> task id.
+        self.uploaded: dict[str, str] = {}
         self.access = access
         self.store = store
         self.heartbeat_period = heartbeat_period
@@ -124,7 +129,7 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
                 link.credits = min(link.credits + msg.credits, MAX_CREDITS)
                 link.wake.set()
             if msg.results:
-                self.d.on_results(link, msg.results)
+                self.d.on_results(link, [self._checked(link, r) for r in msg.results])
             if msg.draining and not link.draining:
                 link.draining, link.credits = True, 0
                 moved = self.d.reroute_queue(link.endpoint_id)
@@ -163,6 +168,74 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
             if msg is not None:
                 await context.write(msg)
                 if _TON and msg.tasks: _trace(msg.tasks[0].task_id, 'h_written')
+
+    # ------------------------------------------------------------ big payloads
+    def _checked(self, link: Link, r: pb.TaskResult) -> pb.TaskResult:
+        """A result naming a value blob must name the one uploaded for it; anything else
+        would hand the submitter someone else's bytes, so the task fails instead."""
+        if r.value_blob and self.uploaded.get(r.value_blob) != r.task_id:
+            log.warning("endpoint %s sent a result for task %s naming blob %s, which was not "
+                        "uploaded for it", link.endpoint.name, r.task_id, r.value_blob[:40])
+            return pb.TaskResult(task_id=r.task_id, state=pb.FAILED, endpoint_id=r.endpoint_id,
+                                 error=pb.TaskError(
+                type_name="ResultLost", kind="system",
+                message=f"endpoint {link.endpoint.name} named a result payload it never "
+                        "uploaded"))
+        self.uploaded.pop(r.value_blob, None)
+        return r
+
+    def _link_for(self, endpoint_id: str, task_id: str) -> Link:
+        """The caller's live link, holding `task_id`: an endpoint moves payloads only for
+        tasks it was sent. EndpointOffline while it is not connected (retry after)."""
+        link = self.d.links.get(endpoint_id)
+        p = caller()
+        if link is None:
+            raise errors.EndpointOffline(f"endpoint {endpoint_id[:80]!r} has no open link: "
+                                         "connect first")
+        if p is not NO_AUTH and not (p.user == link.endpoint.owner
+                                     and p.may_connect(link.endpoint.name)):
+            raise errors.PermissionDenied(f"this token is not endpoint {link.endpoint.name}'s")
+        if task_id not in link.in_flight:
+            raise errors.PermissionDenied(f"task {task_id[:80]!r} was not sent to endpoint "
+                                          f"{link.endpoint.name}")
+        return link
+
+    async def GetBlob(self, request: pb.GetBlobRequest, context: Any) -> Any:
+        """The arguments of a task this endpoint holds."""
+        try:
+            self._link_for(request.endpoint_id, request.task_id)
+            t = self.d.tasks.get(request.task_id)
+            if t is None or t.args_blob != check_blob_id(request.blob_id):
+                raise errors.PermissionDenied(f"blob {request.blob_id} is not the arguments "
+                                              f"of task {request.task_id}")
+            blob = await self.blobs.meta(request.blob_id)
+            async for chunk in self.blobs.stream(blob, request.offset):
+                yield chunk
+        except errors.FabricError as exc:
+            if isinstance(exc, errors.PermissionDenied):
+                audit_refusal(context.peer(), "GetBlob", exc, caller())
+            await abort(context, exc)
+
+    async def PutBlob(self, request_iterator: Any, context: Any) -> pb.BlobRef:
+        """A result too big for one message, uploaded before the result that names it.
+        It belongs to the task's submitter, the only one who may fetch it."""
+        try:
+            read = chunk_reader(context)
+            first = await read()
+            if first is None:
+                raise errors.InvalidRequest("empty upload: the first chunk says what follows")
+            self._link_for(first.endpoint_id, first.task_id)
+            t = self.d.tasks[first.task_id]  # in flight: live
+            ref = await self.blobs.receive(first, read, owner=t.owner, task_id=t.task_id)
+            if len(self.uploaded) >= MAX_UNCLAIMED:  # results that never came: forget them
+                self.uploaded = {b: tid for b, tid in self.uploaded.items() if tid in self.d.tasks}
+            self.uploaded[ref.blob_id] = t.task_id
+            return ref
+        except errors.FabricError as exc:
+            if isinstance(exc, errors.PermissionDenied):
+                audit_refusal(context.peer(), "PutBlob", exc, caller())
+            await abort(context, exc)
+            raise  # not reached: abort raises
 
     def drop(self, link: Link) -> None:
         """End a link's stream (heartbeats stopped): its handler's cleanup requeues the work."""

@@ -23,17 +23,20 @@ MIN_TRANSFER_S = 50e-6  # a clock tick: keeps one lucky sample from reading as i
 class LiveTask:
     """A task the hub still has to finish. Arguments stay opaque bytes."""
 
-    __slots__ = ("task_id", "function_id", "args", "requested", "endpoint_id", "state",
+    __slots__ = ("task_id", "function_id", "args", "args_blob", "size", "requested", "endpoint_id", "state",
                  "python_version", "policy", "reason", "walltime_s", "max_retries", "needs",
                  "charged_to", "slot_s", "owner", "usable")
 
     def __init__(self, task_id: str, function_id: str, args: bytes, requested: str | None,
                  python_version: str, policy: str, walltime_s: float = 0.0,
                  max_retries: int | None = None, needs: Needs | None = None,
-                 owner: str = "local") -> None:
+                 owner: str = "local", args_blob: str | None = None,
+                 size: int | None = None) -> None:
         self.task_id = task_id
         self.function_id = function_id
-        self.args = args
+        self.args = args  # inline arguments; empty when they are a blob
+        self.args_blob = args_blob  # arguments too big for one message (fabric.hub.blobs)
+        self.size = len(args) if size is None else size  # payload bytes, wherever they are
         self.requested = requested  # endpoint the user named, if any
         self.endpoint_id: str | None = None  # where it is routed / running
         self.state = TaskState.QUEUED
@@ -56,7 +59,7 @@ class LiveTask:
         if self.usable is not None:
             allowed = self.usable if allowed is None else self.usable.intersection(allowed)
         return scheduler.TaskView(self.function_id, self.python_version, self.requested,
-                                  len(self.args), n.gpus, n.memory_bytes,
+                                  self.size, n.gpus, n.memory_bytes,
                                   allowed, n.deadline_s)
 
 

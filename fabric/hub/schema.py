@@ -11,7 +11,7 @@ import sqlite3
 
 import sqlite_utils
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def ensure(conn: sqlite3.Connection) -> None:
@@ -48,6 +48,7 @@ def ensure(conn: sqlite3.Connection) -> None:
     else:
         _migrate(conn, db)
     _access_tables(db, tables)
+    _blob_tables(conn, db, tables)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -64,6 +65,26 @@ def _access_tables(db: sqlite_utils.Database, tables: set[str]) -> None:
         # object_kind is "endpoint" or "function"; object_id the endpoint/function id.
         db["shares"].create({"object_kind": str, "object_id": str, "user": str},
                             pk=("object_kind", "object_id", "user"))
+
+
+def _blob_tables(conn: sqlite3.Connection, db: sqlite_utils.Database, tables: set[str]) -> None:
+    """Version 5: payloads too big for one message live in files beside the store;
+    `blobs` says whose each is. Tasks refer to their argument and result blobs;
+    a blob nothing refers to is deleted (at once once it was used, else after a
+    grace period for its submission to arrive)."""
+    if "blobs" not in tables:
+        db["blobs"].create(
+            {"blob_id": str, "owner": str, "size": int, "sha256": str, "task_id": str,
+             "created_at": float, "used": int},
+            pk="blob_id",
+        )
+    columns = set(db["tasks"].columns_dict)
+    for name in ("args_blob", "value_blob"):
+        if name not in columns:
+            conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} TEXT")
+        # Partial: only the few tasks with big payloads are indexed.
+        conn.execute(f"CREATE INDEX IF NOT EXISTS idx_tasks_{name} ON tasks ({name}) "
+                     f"WHERE {name} IS NOT NULL")
 
 
 def _migrate(conn: sqlite3.Connection, db: sqlite_utils.Database) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from fabric import __version__, config
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.hub.access import Access
 from fabric.hub.auth import SigningKey, VerifiedTokens, key_path
+from fabric.hub.blobs import Blobs, blob_dir
 from fabric.hub.client_api import ClientApi
 from fabric.hub.dispatch import Dispatcher, EndpointRecord, LiveTask, Needs
 from fabric.hub.endpoint_api import EndpointApi
@@ -48,6 +50,7 @@ class HubConfig:
     max_age_s: float = config.DEFAULT_MAX_AGE_S  # results nobody collected
     forget_after_s: float = config.DEFAULT_FORGET_AFTER_S  # "purged" tombstones
     max_queued_per_user: int = config.DEFAULT_MAX_QUEUED_PER_USER
+    orphan_blob_ttl_s: float = config.DEFAULT_ORPHAN_BLOB_TTL_S  # uploads no task used
     auth: bool = True  # False: --no-auth, every caller is the one local user
     tls_cert: str = ""  # PEM files; both set: TLS on the port
     tls_key: str = ""
@@ -66,6 +69,7 @@ class Hub:
         self.dispatcher = Dispatcher(self.store, self.sessions)
         self.access = Access(self.dispatcher.endpoints, self.dispatcher.functions)
         self.dispatcher.usable = self.access.usable
+        self.blobs = Blobs(self.store, blob_dir(self.config.store_path), self.config.max_payload)
         self.guard: Guard | None = None
         self._tokens: TokenBook | None = None
         self.port: int | None = None
@@ -82,6 +86,7 @@ class Hub:
     async def start(self) -> "Hub":
         cfg = self.config
         await self.store.open()
+        await self.blobs.open()
         await self._reload()
         self.access.load(await self.store.shares())
         if cfg.auth:
@@ -91,19 +96,18 @@ class Hub:
         else:
             self.guard = Guard(None)
         interceptors = [self.guard]
-        limit = cfg.max_payload + 16 * 1024 * 1024
         self._server = grpc.aio.server(interceptors=interceptors, options=[
-            *config.grpc_options(limit),
+            *config.grpc_options(),
             # Endpoints ping idle streams; allow it rather than sending GOAWAY.
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
             ("grpc.http2.max_ping_strikes", 0),
         ])
         pb_grpc.add_ClientServiceServicer_to_server(
-            ClientApi(self.dispatcher, self.store, self.sessions, self.access, cfg.max_payload,
-                      __version__, cfg.max_queued_per_user),
+            ClientApi(self.dispatcher, self.store, self.sessions, self.access, self.blobs,
+                      cfg.max_payload, __version__, cfg.max_queued_per_user),
             self._server,
         )
-        self._endpoint_api = EndpointApi(self.dispatcher, self.store, self.access,
+        self._endpoint_api = EndpointApi(self.dispatcher, self.store, self.access, self.blobs,
                                          cfg.heartbeat_period)
         pb_grpc.add_EndpointServiceServicer_to_server(self._endpoint_api, self._server)
         if cfg.tls_cert or cfg.tls_key:
@@ -120,6 +124,8 @@ class Hub:
                             asyncio.create_task(self._purge_forever())]
         if cfg.auth:
             self._background.append(asyncio.create_task(self._watch_revocations()))
+        for job in self._background:
+            job.add_done_callback(_report_death)
         log.info("hub listening on %s (store %s)", self.address, cfg.store_path)
         return self
 
@@ -140,7 +146,8 @@ class Hub:
             d.functions[fn.function_id] = fn
             t = LiveTask(r.task_id, r.function_id, r.args or b"", r.requested_endpoint,
                          fn.python_version, "", r.walltime_s, r.max_retries,
-                         Needs.from_dict(r.needs), r.owner or "local")
+                         Needs.from_dict(r.needs), r.owner or "local", r.args_blob,
+                         r.args_size)
             # Routed tasks (dispatched ones included) wait for the endpoint they were
             # routed to: if it still holds one, it says so in its Hello and the task is
             # not sent twice.
@@ -183,17 +190,20 @@ class Hub:
 
     async def _purge_forever(self) -> None:
         cfg = self.config
-        every = min(max(min(cfg.retention_s, cfg.max_age_s) / 4, 0.2), 300.0)
+        every = min(max(min(cfg.retention_s, cfg.max_age_s, cfg.orphan_blob_ttl_s) / 4, 0.2),
+                    300.0)
         while True:
             await asyncio.sleep(every)
             now = time.time()
             try:
                 purged, forgotten = await self.store.purge(
                     now - cfg.retention_s, now - cfg.max_age_s, now - cfg.forget_after_s)
+                swept = await self.blobs.sweep(cfg.orphan_blob_ttl_s)
             except Exception:  # noqa: BLE001 - try again next round; the hub stays up
                 log.exception("purging old results failed")
                 continue
             self.dispatcher.counters["purged"] += purged
+            self.dispatcher.counters["blobs_deleted"] += swept
             if purged or forgotten:
                 log.info("retention: %d results purged, %d tombstones forgotten",
                          purged, forgotten)
@@ -226,6 +236,8 @@ class Hub:
         if self._server is not None:
             await self._server.stop(grace)
         await self.store.close()
+        if self.config.store_path == ":memory:":  # its blobs went to a private temporary dir
+            shutil.rmtree(self.blobs.dir, ignore_errors=True)
         if self._tokens is not None:
             self._tokens.close()
         self._stopped.set()
@@ -236,6 +248,13 @@ class Hub:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.shutdown()
+
+
+def _report_death(job: asyncio.Task[None]) -> None:
+    """A background loop must never end quietly: purging or link checks would stop."""
+    if not job.cancelled() and job.exception() is not None:
+        log.error("hub background task %s died", job.get_coro().__qualname__,
+                  exc_info=job.exception())
 
 
 def run_hub(cfg: HubConfig) -> None:

@@ -11,6 +11,7 @@ import asyncio
 from collections import defaultdict
 from typing import Callable, Iterable
 
+from fabric import config
 from fabric._proto import fabric_pb2 as pb
 
 
@@ -33,15 +34,23 @@ class Session:
         self.closed = True
         self._ready.set()
 
-    async def next_batch(self, max_results: int = 4096) -> list[pb.TaskResult]:
-        """Everything queued since the last call (waits for at least one); [] once closed."""
+    async def next_batch(self, max_results: int = 4096,
+                         max_bytes: int = config.MAX_BATCH_BYTES) -> list[pb.TaskResult]:
+        """What is queued since the last call, up to `max_results` and about `max_bytes`
+        (waits for at least one); [] once closed."""
         while not self._outbox:
             if self.closed:
                 return []
             self._ready.clear()
             await self._ready.wait()
-        batch = self._outbox[:max_results]
-        del self._outbox[:max_results]
+        n, size = 0, 0
+        for r in self._outbox[:max_results]:
+            size += len(r.value)
+            if n and size > max_bytes:
+                break
+            n += 1
+        batch = self._outbox[:n]
+        del self._outbox[:n]
         return batch
 
 

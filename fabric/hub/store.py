@@ -32,6 +32,17 @@ class FunctionRow:
 
 
 @dataclass(slots=True)
+class BlobRow:
+    blob_id: str
+    owner: str  # who may fetch it: the uploader, or for a result, the task's submitter
+    size: int
+    sha256: str
+    task_id: str  # results: the task it answers ("" for uploaded arguments)
+    created_at: float
+    used: bool  # a task or result has referred to it
+
+
+@dataclass(slots=True)
 class EndpointRow:
     endpoint_id: str
     name: str
@@ -62,6 +73,9 @@ class TaskRow:
     args: bytes | None = None
     value: bytes | None = None
     error: bytes | None = None  # serialized TaskError message (protobuf bytes)
+    args_blob: str | None = None  # arguments stored as a blob (then `args` is empty)
+    value_blob: str | None = None  # result value stored as a blob
+    args_size: int = 0  # bytes of the arguments, wherever they are
 
 
 class TaskStore(GroupCommitter):
@@ -146,11 +160,44 @@ class TaskStore(GroupCommitter):
         return self.write(lambda conn: conn.executemany(  # type: ignore[return-value]
             sql, [(kind, object_id, u) for u in users]))
 
+    # ------------------------------------------------------------ blobs
+    def put_blob(self, row: BlobRow) -> asyncio.Future[Any]:
+        return self.write(lambda conn: conn.execute(  # type: ignore[return-value]
+            "INSERT INTO blobs VALUES (?,?,?,?,?,?,?)",
+            (row.blob_id, row.owner, row.size, row.sha256, row.task_id, row.created_at,
+             int(row.used))))
+
+    async def get_blob(self, blob_id: str) -> BlobRow | None:
+        r = await self.read(lambda conn: conn.execute(
+            "SELECT blob_id, owner, size, sha256, task_id, created_at, used FROM blobs "
+            "WHERE blob_id=?", (blob_id,)).fetchone())
+        return BlobRow(*r[:6], bool(r[6])) if r else None
+
+    async def blob_ids(self) -> set[str]:
+        return await self.read(lambda conn: {r[0] for r in conn.execute("SELECT blob_id FROM blobs")})
+
+    def sweep_blobs(self, unused_before: float) -> asyncio.Future[Any]:
+        """Delete the rows of blobs nothing refers to: used ones (their task finished
+        or was purged) at once, never-used ones once older than `unused_before`. The
+        future's result is their ids (the caller deletes the files)."""
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            ids = [r[0] for r in conn.execute(
+                "SELECT blob_id FROM blobs b WHERE (used=1 OR created_at < ?) "
+                "AND NOT EXISTS (SELECT 1 FROM tasks WHERE args_blob=b.blob_id) "
+                "AND NOT EXISTS (SELECT 1 FROM tasks WHERE value_blob=b.blob_id)",
+                (unused_before,))]
+            conn.executemany("DELETE FROM blobs WHERE blob_id=?", [(i,) for i in ids])
+            return ids
+
+        return self.write(op, rows=INLINE_ROWS + 1)  # scans: on the thread  # type: ignore[return-value]
+
     # ------------------------------------------------------------ tasks
     def insert_tasks(self, rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
         """Rows of (task_id, function_id, state, requested_endpoint, endpoint_id, session_id,
-        owner, route_reason, args, submitted_at, walltime_s, max_retries, needs_json). Ids already stored are left alone
-        (idempotent resubmission); the future's result is the set of those ids."""
+        owner, route_reason, args, submitted_at, walltime_s, max_retries, needs_json,
+        args_blob). Ids already stored are left alone (idempotent resubmission); the
+        future's result is the set of those ids."""
 
         def op(conn: sqlite3.Connection) -> set[str]:
             existing: set[str] = set()
@@ -165,9 +212,10 @@ class TaskStore(GroupCommitter):
             conn.executemany(
                 "INSERT OR IGNORE INTO tasks (task_id, function_id, state, requested_endpoint, "
                 "endpoint_id, session_id, owner, route_reason, args, submitted_at, walltime_s, "
-                "max_retries, needs, attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+                "max_retries, needs, args_blob, attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
                 rows,
             )
+            _mark_used(conn, [r[13] for r in rows if r[13]])
             return existing
 
         return self.write(op, rows=_weight(len(rows), sum(len(r[8] or b'') for r in rows)))  # type: ignore[return-value]
@@ -205,16 +253,18 @@ class TaskStore(GroupCommitter):
         )
 
     def finish_tasks(self, rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
-        """Rows of (state, value, error, error_type, endpoint_id, completed_at, runtime_s, task_id).
-        Drops the arguments: a finished task never runs again."""
+        """Rows of (state, value, value_blob, error, error_type, endpoint_id, completed_at,
+        runtime_s, task_id). Drops the arguments (blob included): a finished task never
+        runs again."""
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "UPDATE tasks SET state=?, value=?, error=?, error_type=?, "
-                "endpoint_id=COALESCE(?, endpoint_id), completed_at=?, runtime_s=?, args=NULL "
-                "WHERE task_id=?",
+                "UPDATE tasks SET state=?, value=?, value_blob=?, error=?, error_type=?, "
+                "endpoint_id=COALESCE(?, endpoint_id), completed_at=?, runtime_s=?, args=NULL, "
+                "args_blob=NULL WHERE task_id=?",
                 rows,
             )
+            _mark_used(conn, [r[2] for r in rows if r[2]])
 
         return self.write(op, rows=_weight(len(rows), sum(len(r[1] or b'') for r in rows)))  # type: ignore[return-value]
 
@@ -240,7 +290,7 @@ class TaskStore(GroupCommitter):
         def op(conn: sqlite3.Connection) -> tuple[int, int]:
             purged = conn.execute(
                 f"UPDATE tasks SET state={int(TaskState.PURGED)}, value=NULL, error=NULL, "
-                f"args=NULL, collected_at=COALESCE(collected_at, ?) WHERE state IN ({final}) "
+                f"args=NULL, args_blob=NULL, value_blob=NULL, collected_at=COALESCE(collected_at, ?) WHERE state IN ({final}) "
                 "AND (collected_at < ? OR completed_at < ?)",
                 (time.time(), collected_before, completed_before),
             ).rowcount
@@ -258,7 +308,8 @@ class TaskStore(GroupCommitter):
             lambda conn: [
                 _task_row(r, with_payload=True)
                 for r in conn.execute(
-                    _SELECT_TASK + ", args, NULL, NULL FROM tasks WHERE state IN (?,?) "
+                    _SELECT_TASK + ", args, NULL, NULL, (SELECT size FROM blobs WHERE "
+                    "blobs.blob_id=tasks.args_blob) FROM tasks WHERE state IN (?,?) "
                     "ORDER BY submitted_at",
                     (int(TaskState.QUEUED), int(TaskState.DISPATCHED)),
                 )
@@ -327,7 +378,8 @@ def _weight(rows: int, payload_bytes: int) -> int:
 
 _SELECT_TASK = (
     "SELECT task_id, function_id, state, requested_endpoint, endpoint_id, session_id, owner, "
-    "route_reason, submitted_at, completed_at, runtime_s, error_type, walltime_s, max_retries, needs"
+    "route_reason, submitted_at, completed_at, runtime_s, error_type, walltime_s, max_retries, "
+    "needs, args_blob, value_blob"
 )
 
 
@@ -335,10 +387,17 @@ def _task_row(r: Sequence[Any], with_payload: bool = False) -> TaskRow:
     row = TaskRow(
         r[0], r[1], TaskState(r[2]), r[3], r[4], r[5] or "", r[6] or "", r[7] or "",
         r[8], r[9], r[10], r[11], r[12] or 0.0, r[13], json.loads(r[14]) if r[14] else None,
+        args_blob=r[15], value_blob=r[16],
     )
     if with_payload:
-        row.args, row.value, row.error = r[15], r[16], r[17]
+        row.args, row.value, row.error = r[17], r[18], r[19]
+        row.args_size = r[20] if len(r) > 20 and r[20] is not None else len(row.args or b"")
     return row
 
 
-__all__ = ["TaskStore", "FunctionRow", "EndpointRow", "TaskRow"]
+def _mark_used(conn: sqlite3.Connection, blob_ids: list[str]) -> None:
+    if blob_ids:
+        conn.executemany("UPDATE blobs SET used=1 WHERE blob_id=?", [(b,) for b in blob_ids])
+
+
+__all__ = ["TaskStore", "BlobRow", "FunctionRow", "EndpointRow", "TaskRow"]

@@ -1,0 +1,124 @@
+"""Moving payloads bigger than one message: the caller's side of PutBlob and GetBlob.
+
+Clients upload big task arguments and fetch big results; endpoints fetch big
+arguments and upload big results. ClientService and EndpointService offer the
+same two calls, so one pair of functions serves both: pass the service's stub.
+
+A blob travels as a stream of `config.BLOB_CHUNK_BYTES` chunks. The first
+chunk declares the whole blob's size and SHA-256: the hub refuses an upload
+that does not match before it hands out an id, and a downloader checks what it
+got against the digest the hub sends. A download that breaks off resumes where
+it stopped; an upload starts again (the hub keeps no partial uploads).
+
+The hub's side is `fabric.hub.blobs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any, AsyncIterator, Sequence
+
+import grpc
+
+from fabric import config, errors
+from fabric._proto import fabric_pb2 as pb
+from fabric.wire import from_rpc_error, is_transient
+
+Metadata = Sequence[tuple[str, str]]
+
+
+def is_big(payload: bytes) -> bool:
+    """Too big to ride inside a task or result message: goes as a blob."""
+    return len(payload) > config.INLINE_PAYLOAD_MAX
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def digest(data: bytes) -> str:
+    # hashlib releases the GIL on big inputs: on a thread, the loop keeps running.
+    return await asyncio.to_thread(sha256_hex, data) if is_big(data) else sha256_hex(data)
+
+
+def without_value(r: pb.TaskResult) -> pb.TaskResult:
+    """A copy of `r` minus its value, made without copying the value's bytes."""
+    out = pb.TaskResult()
+    for field in r.DESCRIPTOR.fields:  # (ListFields() would copy the value out)
+        if field.name == "value":
+            continue
+        if field.message_type is not None:
+            if r.HasField(field.name):
+                getattr(out, field.name).CopyFrom(getattr(r, field.name))
+        else:
+            setattr(out, field.name, getattr(r, field.name))
+    return out
+
+
+async def _chunk_stream(data: bytes, sha256: str, task_id: str,
+                        endpoint_id: str) -> AsyncIterator[pb.BlobChunk]:
+    # Made lazily, one chunk at a time: a 256 MiB upload never holds a second copy.
+    view = memoryview(data)
+    step = config.BLOB_CHUNK_BYTES
+    yield pb.BlobChunk(data=bytes(view[:step]), size=len(data), sha256=sha256,
+                       task_id=task_id, endpoint_id=endpoint_id)
+    for i in range(step, len(data), step):
+        yield pb.BlobChunk(data=bytes(view[i:i + step]))
+
+
+async def upload(stub: Any, data: bytes, metadata: Metadata, *, task_id: str = "",
+                 endpoint_id: str = "", retry_for: float = 30.0) -> str:
+    """Store `data` at the hub; returns its blob id. Retried from the start while the
+    hub is unreachable, for up to `retry_for` seconds; other refusals raise at once."""
+    sha = await digest(data)
+    deadline = time.monotonic() + retry_for
+    delay = 0.05
+    while True:
+        try:
+            ref = await stub.PutBlob(_chunk_stream(data, sha, task_id, endpoint_id),
+                                     metadata=metadata)
+            return ref.blob_id
+        except grpc.aio.AioRpcError as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise from_rpc_error(exc) from None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+async def download(stub: Any, blob_id: str, metadata: Metadata, *, task_id: str = "",
+                   endpoint_id: str = "", retry_for: float = 30.0) -> bytes:
+    """The blob's bytes, checked against the digest the hub recorded at upload.
+    A broken stream resumes from the last byte received, for up to `retry_for`
+    seconds of trying."""
+    parts: list[bytes] = []
+    got = 0
+    size, sha = -1, ""
+    deadline = time.monotonic() + retry_for
+    delay = 0.05
+    while True:
+        try:
+            call = stub.GetBlob(pb.GetBlobRequest(blob_id=blob_id, offset=got, task_id=task_id,
+                                                  endpoint_id=endpoint_id), metadata=metadata)
+            first = True
+            async for chunk in call:
+                if first:
+                    size, sha, first = chunk.size, chunk.sha256, False
+                if chunk.data:
+                    parts.append(chunk.data)
+                    got += len(chunk.data)
+            break
+        except grpc.aio.AioRpcError as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise from_rpc_error(exc) from None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    if len(data) != size or await digest(data) != sha:
+        raise errors.PayloadCorrupt(f"blob {blob_id} arrived damaged: {len(data)} bytes "
+                                    f"of {size}, or its SHA-256 differs from the upload's")
+    return data
+
+
+__all__ = ["without_value", "digest", "download", "is_big", "sha256_hex", "upload"]

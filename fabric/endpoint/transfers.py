@@ -1,0 +1,100 @@
+"""The endpoint's big payloads: arguments to fetch before a task can run, results
+to upload before they can be sent.
+
+Payloads bigger than one message (`fabric.blobs.is_big`) do not travel on the
+task stream: the hub sends a task naming its argument blob, and the endpoint
+fetches it here, then hands the task to its engine; a big result is uploaded
+here first, and the result message names the blob.
+
+Transfers use a connection of their own, so a 200 MB download never queues
+heartbeats or other tasks behind it on the link's TCP connection. While the
+hub is away (or the link is down) a transfer waits and retries; what the hub
+refuses outright (the task went elsewhere, the payload is too big) is final
+and raised as the FabricError it is.
+
+Lifecycle: made by the agent at start, `await close()` at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable, TypeVar
+
+import grpc
+
+from fabric import blobs, config, credentials, errors
+from fabric._proto import fabric_pb2_grpc as pb_grpc
+
+log = logging.getLogger("fabric.endpoint")
+
+T = TypeVar("T")
+
+#: Downloads and uploads at once: more only splits the same bandwidth and
+#: holds more payloads in memory.
+CONCURRENT_TRANSFERS = 4
+#: Each attempt keeps retrying a broken connection this long before the agent
+#: checks whether it still wants the payload.
+ATTEMPT_S = 10.0
+#: A link that is reconnecting: the hub does not know us yet, retry.
+_WAIT_FOR_LINK = (errors.EndpointOffline, errors.HubUnavailable)
+
+
+class Transfers:
+    def __init__(self, hub: str, tls_ca: str | None, metadata: Any) -> None:
+        self.hub = hub
+        self.tls_ca = tls_ca
+        self.metadata = metadata
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.EndpointServiceStub | None = None
+        self._slots = asyncio.Semaphore(CONCURRENT_TRANSFERS)
+        self.fetched = 0
+        self.uploaded = 0
+
+    @property
+    def stub(self) -> pb_grpc.EndpointServiceStub:
+        if self._stub is None:
+            # Its own connection: gRPC would otherwise share the link's.
+            options = [*config.grpc_options(), ("grpc.use_local_subchannel_pool", 1)]
+            self._channel = credentials.open_channel(self.hub, options, tls_ca=self.tls_ca)
+            self._stub = pb_grpc.EndpointServiceStub(self._channel)
+        return self._stub
+
+    async def fetch(self, blob_id: str, task_id: str, endpoint_id: Callable[[], str | None]) -> bytes:
+        """The arguments of `task_id`, retried until the hub gives them or refuses."""
+        async def attempt() -> bytes:
+            return await blobs.download(self.stub, blob_id, self.metadata, task_id=task_id,
+                                        endpoint_id=endpoint_id() or "", retry_for=ATTEMPT_S)
+
+        data = await self._until_done(attempt, f"arguments of task {task_id}")
+        self.fetched += 1
+        return data
+
+    async def upload(self, value: bytes, task_id: str, endpoint_id: Callable[[], str | None]) -> str:
+        """Store a result's value at the hub; returns the blob id for the result message."""
+        async def attempt() -> str:
+            return await blobs.upload(self.stub, value, self.metadata, task_id=task_id,
+                                      endpoint_id=endpoint_id() or "", retry_for=ATTEMPT_S)
+
+        blob_id = await self._until_done(attempt, f"result of task {task_id}")
+        self.uploaded += 1
+        return blob_id
+
+    async def _until_done(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        delay = 0.05
+        async with self._slots:
+            while True:
+                try:
+                    return await attempt()
+                except _WAIT_FOR_LINK as exc:
+                    log.debug("%s: %s; retrying", what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel, self._stub = None, None
+
+
+__all__ = ["Transfers"]
