@@ -73,15 +73,28 @@ async def upload(stub: Any, data: bytes, metadata: Metadata, *, task_id: str = "
     """Store `data` at the hub; returns its blob id. Retried from the start while the
     hub is unreachable, for up to `retry_for` seconds; other refusals raise at once."""
     sha = await digest(data)
+    check = pb.BlobChunk(size=len(data), sha256=sha, task_id=task_id, endpoint_id=endpoint_id,
+                         check_only=True)
     deadline = time.monotonic() + retry_for
     delay = 0.05
+    checked = False
     while True:
         try:
+            if not checked:
+                # Ask first: a refusal (too big, no room, not yours) costs one small call,
+                # not the whole upload.
+                await stub.PutBlob(iter([check]), metadata=metadata)
+                checked = True
             ref = await stub.PutBlob(_chunk_stream(data, sha, task_id, endpoint_id),
                                      metadata=metadata)
             return ref.blob_id
         except grpc.aio.AioRpcError as exc:
-            if not is_transient(exc) or time.monotonic() + delay > deadline:
+            late = time.monotonic() + delay > deadline
+            if exc.code() == grpc.StatusCode.INTERNAL and checked and not late:
+                # grpc.aio can report a refusal that arrives mid-upload as INTERNAL
+                # (grpc/grpc#36066): check again, which gets the hub's real answer.
+                checked = False
+            elif not is_transient(exc) or late:
                 raise from_rpc_error(exc) from None
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)

@@ -10,9 +10,11 @@ cloudpickled function, argument or result would trigger).
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
 import cloudpickle
 import grpc
@@ -225,6 +227,110 @@ def test_bad_frames_on_the_submission_stream_get_precise_errors(fab):
     _still_serving(fab, before)
 
 
+def _blob_upload(channel, frames_in: list[bytes], token: str,
+                 service: str = "ClientService") -> grpc.StatusCode:
+    """Raw frames as a PutBlob stream; the status it ended with."""
+    tried["frames"] += len(frames_in)
+    try:
+        channel.stream_unary(f"/fabric.v1.{service}/PutBlob")(
+            iter(frames_in), metadata=(("authorization", f"Bearer {token}"),), timeout=5)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        return exc.code()
+
+
+def _blob_download(channel, frame: bytes, token: str, service: str = "ClientService"):
+    tried["frames"] += 1
+    try:
+        for _ in channel.unary_stream(f"/fabric.v1.{service}/GetBlob")(
+                frame, metadata=(("authorization", f"Bearer {token}"),), timeout=5):
+            pass
+        return grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        return exc.code()
+
+
+GOOD_CHUNK = pb.BlobChunk(data=b"abc", size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+blob_frames = st.one_of(
+    st.binary(max_size=200),
+    st.tuples(st.integers(0, 120), st.binary(max_size=8)).map(
+        lambda t: GOOD_CHUNK.SerializeToString()[: t[0]] + t[1]),
+    st.builds(lambda size, sha, data: pb.BlobChunk(size=size, sha256=sha, data=data)
+              .SerializeToString(),
+              st.integers(-2**62, 2**62), st.text(max_size=70), st.binary(max_size=64)),
+)
+
+
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(frames_in=st.lists(blob_frames, min_size=1, max_size=3),
+       service=st.sampled_from(["ClientService", "EndpointService"]))
+def _fuzz_blob_uploads(channel, fab, frames_in, service):
+    token = fab.mallory if service == "ClientService" else fab.mallory_ep
+    code = _blob_upload(channel, frames_in, token, service)
+    assert code in PRECISE, (frames_in, code)  # (it may draw a valid upload)
+
+
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(frame=st.one_of(st.binary(max_size=120), st.builds(
+           lambda b, o, t, e: pb.GetBlobRequest(blob_id=b, offset=o, task_id=t, endpoint_id=e)
+           .SerializeToString(),
+           st.one_of(st.text(max_size=40), st.just("b-" + "0" * 32)), st.integers(-5, 2**62),
+           st.text(max_size=20), st.text(max_size=20))),
+       service=st.sampled_from(["ClientService", "EndpointService"]))
+def _fuzz_blob_downloads(channel, fab, frame, service):
+    token = fab.mallory if service == "ClientService" else fab.mallory_ep
+    code = _blob_download(channel, frame, token, service)
+    assert code in PRECISE, (frame, code)
+
+
+def test_bad_blob_transfers_get_precise_errors_and_leave_nothing(fab):
+    before = others(fab.store)
+    blobs_dir = Path(str(fab.store) + ".blobs")
+    with grpc.insecure_channel(fab.address) as channel:
+        _fuzz_blob_uploads(channel, fab)
+        _fuzz_blob_downloads(channel, fab)
+        # The classic abuses, each with its own precise answer.
+        sha = hashlib.sha256(b"abcd").hexdigest()
+        assert _blob_upload(channel, [pb.BlobChunk(data=b"abc", size=4, sha256=sha)
+                                      .SerializeToString()], fab.mallory) == \
+            grpc.StatusCode.INVALID_ARGUMENT  # short
+        assert _blob_upload(channel, [pb.BlobChunk(data=b"abcde", size=4, sha256=sha)
+                                      .SerializeToString()], fab.mallory) == \
+            grpc.StatusCode.INVALID_ARGUMENT  # long
+        assert _blob_upload(channel, [pb.BlobChunk(data=b"abce", size=4, sha256=sha)
+                                      .SerializeToString()], fab.mallory) == \
+            grpc.StatusCode.INVALID_ARGUMENT  # damaged
+        assert _blob_upload(channel, [pb.BlobChunk(data=b"", size=MAX_PAYLOAD + 1, sha256=sha)
+                                      .SerializeToString()], fab.mallory) == \
+            grpc.StatusCode.RESOURCE_EXHAUSTED  # over the hub's limit, refused up front
+        assert _blob_upload(channel, [], fab.mallory) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _blob_upload(channel, [GOOD_CHUNK.SerializeToString()], fab.mallory_ep) == \
+            grpc.StatusCode.PERMISSION_DENIED  # an endpoint token on the user service
+        assert _blob_download(channel, pb.GetBlobRequest(blob_id="b-" + "0" * 32)
+                              .SerializeToString(), fab.mallory) == grpc.StatusCode.NOT_FOUND
+        assert _blob_download(channel, pb.GetBlobRequest(blob_id="../hub.db")
+                              .SerializeToString(), fab.mallory) == grpc.StatusCode.INVALID_ARGUMENT
+        # A good upload is the uploader's alone: another user gets PERMISSION_DENIED.
+        ref = pb.BlobRef.FromString(channel.stream_unary("/fabric.v1.ClientService/PutBlob")(
+            iter([GOOD_CHUNK.SerializeToString()]),
+            metadata=(("authorization", f"Bearer {fab.mallory}"),), timeout=5))
+        with TokenBook(fab.store) as book:
+            eve = book.create("eve")[0]
+        assert _blob_download(channel, pb.GetBlobRequest(blob_id=ref.blob_id).SerializeToString(),
+                              eve) == grpc.StatusCode.PERMISSION_DENIED
+        assert _blob_download(channel, pb.GetBlobRequest(blob_id=ref.blob_id).SerializeToString(),
+                              fab.mallory) == grpc.StatusCode.OK
+    assert not list(blobs_dir.glob("*.part")), "a refused upload left a partial file"
+    assert {p.name for p in blobs_dir.iterdir()} <= _blob_rows(fab.store)
+    print(f"\nbad-input suite: {tried['frames']} frames tried in all")
+    _still_serving(fab, before)
+
+
+def _blob_rows(store) -> set[str]:
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        return {r[0] for r in db.execute("SELECT blob_id FROM blobs")}
+
+
 HOOKED_HUB = """
 import sys
 def hook(event, args):
@@ -272,6 +378,10 @@ def test_the_hub_process_never_unpickles_user_data(tmp_path):
             obj = {"nested": [ValueError("x"), {1, 2}], "t": time.gmtime(0)}
             assert c.get_result(c.run(obj, function_id=c.register_function(lambda o: o)),
                                 timeout=30)["nested"][1] == {1, 2}
+            # ... and big ones, which cross the hub as blobs in both directions
+            big = {"blob": b"\x01" * (3 << 20), "err": ValueError("y")}
+            assert c.get_result(c.run(big, function_id=c.register_function(lambda o: o)),
+                                timeout=60)["blob"] == big["blob"]
     finally:
         stop_all(children)
     assert "audit hook installed" in hub.lines

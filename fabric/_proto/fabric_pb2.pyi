@@ -350,18 +350,20 @@ class StatusReply(_message.Message):
     def __init__(self, version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., endpoints_online: _Optional[int] = ..., endpoints_total: _Optional[int] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., functions: _Optional[int] = ..., store_path: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class BlobChunk(_message.Message):
-    __slots__ = ("data", "size", "sha256", "task_id", "endpoint_id")
+    __slots__ = ("data", "size", "sha256", "task_id", "endpoint_id", "check_only")
     DATA_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ONLY_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     size: int
     sha256: str
     task_id: str
     endpoint_id: str
-    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., task_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ...) -> None: ...
+    check_only: bool
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., task_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., check_only: _Optional[bool] = ...) -> None: ...
 
 class BlobRef(_message.Message):
     __slots__ = ("blob_id", "size", "sha256")

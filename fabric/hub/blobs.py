@@ -122,6 +122,8 @@ class Blobs:
         if free - size < self.reserve_bytes:
             raise errors.StorageFull(f"the hub has {free} bytes of disk free; a {size}-byte "
                                      "payload would leave too little for its task store")
+        if first.check_only:
+            return pb.BlobRef(size=size, sha256=sha)
         blob_id = "b-" + uuid.uuid4().hex
         part = self.dir / (blob_id + ".part")
         sink = _Sink(part)
