@@ -189,3 +189,111 @@ def test_domain_types_round_trip_through_protobuf():
     assert EndpointInfo.from_proto(info.to_proto()) == info
     t = TaskInfo("t", "f", "mod.f", TaskState.SUCCESS, "e", "n", "why", 1.0, 2.0, 0.1, "")
     assert TaskInfo.from_proto(t.to_proto()) == t
+
+
+# ---------------------------------------------------------------- big payloads
+
+def test_a_result_copied_without_its_value_keeps_every_other_field():
+    from fabric._proto import fabric_pb2 as pb
+    from fabric.blobs import without_value
+
+    r = pb.TaskResult(task_id="t", state=pb.FAILED, value=b"x" * 10, endpoint_id="ep",
+                      runtime_s=1.5, cold=True, value_blob="b-1",
+                      error=pb.TaskError(type_name="E", message="m"))
+    out = without_value(r)
+    assert out.value == b"" and r.value == b"x" * 10
+    r.ClearField("value")
+    assert out == r  # a new field added to TaskResult is copied too, or this fails
+
+
+def test_the_outbox_keeps_big_values_in_files_and_replays_them(tmp_path):
+    from fabric import config
+    from fabric._proto import fabric_pb2 as pb
+    from fabric.endpoint.outbox import Outbox
+
+    big = b"v" * (config.INLINE_PAYLOAD_MAX + 1)
+    box = Outbox(tmp_path / "outbox.db")
+    box.put([pb.TaskResult(task_id="small", state=pb.SUCCESS, value=b"s"),
+             pb.TaskResult(task_id="big", state=pb.SUCCESS, value=big)])
+    box.save_value("later", big)  # written ahead (on a thread), its row follows
+    box.put([pb.TaskResult(task_id="later", state=pb.SUCCESS)])
+    box.save_value("orphan", b"o" * 10)  # a crash before its row committed
+    assert [p.name for p in sorted((tmp_path / "outbox.db.values").iterdir())] == \
+        ["big", "later", "orphan"]
+    with box._db:  # the big value is not in the table
+        sizes = dict(box._db.execute("SELECT task_id, length(result) FROM results"))
+    assert sizes["big"] < 100
+    box.close()
+
+    box = Outbox(tmp_path / "outbox.db")  # after a restart
+    assert {r.task_id: r.value for r in box.pending()} == \
+        {"small": b"s", "big": big, "later": big}
+    assert not (tmp_path / "outbox.db.values" / "orphan").exists()
+    box.ack(["big", "small"])
+    assert [r.task_id for r in box.pending()] == ["later"]
+    assert [p.name for p in (tmp_path / "outbox.db.values").iterdir()] == ["later"]
+    box.close()
+
+
+def test_the_hub_keeps_an_upload_only_when_it_is_whole_and_matches(tmp_path):
+    import asyncio
+    import hashlib
+
+    from fabric._proto import fabric_pb2 as pb
+    from fabric.hub.blobs import Blobs
+    from fabric.hub.store import TaskStore
+
+    data = bytes(range(256)) * 5000
+    sha = hashlib.sha256(data).hexdigest()
+
+    def stream(chunks):
+        it = iter(chunks)
+
+        async def read():
+            return next(it, None)
+
+        return read
+
+    async def main():
+        store = TaskStore(tmp_path / "hub.db")
+        await store.open()
+        blobs = Blobs(store, tmp_path / "blobs", max_size=len(data))
+        await blobs.open()
+        try:
+            half = len(data) // 2
+            first = pb.BlobChunk(data=data[:half], size=len(data), sha256=sha)
+            ref = await blobs.receive(first, stream([pb.BlobChunk(data=data[half:])]), "ann")
+            row = await blobs.meta(ref.blob_id)
+            assert (row.owner, row.size, row.sha256, row.used) == ("ann", len(data), sha, False)
+            got = [c async for c in blobs.stream(row, 1000)]
+            assert got[0].size == len(data) and got[0].sha256 == sha
+            assert b"".join(c.data for c in got) == data[1000:]
+            refusals = [
+                (pb.BlobChunk(data=data[:half], size=len(data), sha256=sha), [],
+                 errors.InvalidRequest, "ended after"),
+                (pb.BlobChunk(data=data[:half], size=half, sha256=sha), [pb.BlobChunk(data=b"x")],
+                 errors.InvalidRequest, "more bytes"),
+                (pb.BlobChunk(data=data[::-1], size=len(data), sha256=sha), [],
+                 errors.InvalidRequest, "damaged"),
+                (pb.BlobChunk(size=len(data) + 1, sha256=sha), [], errors.PayloadTooLarge, "limit"),
+                (pb.BlobChunk(size=1, sha256="ab"), [], errors.InvalidRequest, "SHA-256"),
+            ]
+            for first, rest, exc, words in refusals:
+                with pytest.raises(exc, match=words):
+                    await blobs.receive(first, stream(rest), "ann")
+            assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == [ref.blob_id]
+            check = await blobs.receive(pb.BlobChunk(size=5, sha256=sha, check_only=True),
+                                        stream([]), "ann")
+            assert check.blob_id == "" and check.size == 5
+            with pytest.raises(errors.InvalidRequest, match="malformed blob id"):
+                await blobs.meta("../hub.db")
+            with pytest.raises(errors.BlobNotFound):
+                await blobs.meta("b-" + "0" * 32)
+            # Unused: kept for the grace period, then swept with its file.
+            assert await blobs.sweep(unused_ttl_s=60) == 0
+            assert await blobs.sweep(unused_ttl_s=0) == 1
+            assert not list((tmp_path / "blobs").iterdir())
+        finally:
+            await store.close()
+
+    asyncio.run(main())

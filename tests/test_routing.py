@@ -138,8 +138,9 @@ def test_the_hub_measures_each_link_from_heartbeat_round_trips(tmp_path):
                 time.sleep(0.05)
             assert 0 < c.endpoints()[0].latency_s < 1.0  # loopback
             assert c.endpoints()[0].bandwidth_Bps == 0.0  # small batches are not timed
-            # Large task batches are: the endpoint echoes their stamp and the hub
-            # learns the bandwidth from the transfer time.
+            # Large transfers are: task batches of 256 KiB or more (the endpoint echoes
+            # their stamp) and, as here, arguments over 1 MiB, which the endpoint fetches
+            # as blobs; the hub learns the bandwidth from the transfer time.
             fid = c.register_function(size_of)
             blob = b"x" * (1 << 20)
             tids = c.batch_run(fid, [((blob,), {})] * 6)

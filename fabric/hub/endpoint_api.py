@@ -203,14 +203,18 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
     async def GetBlob(self, request: pb.GetBlobRequest, context: Any) -> Any:
         """The arguments of a task this endpoint holds."""
         try:
-            self._link_for(request.endpoint_id, request.task_id)
+            link = self._link_for(request.endpoint_id, request.task_id)
             t = self.d.tasks.get(request.task_id)
             if t is None or t.args_blob != check_blob_id(request.blob_id):
                 raise errors.PermissionDenied(f"blob {request.blob_id} is not the arguments "
                                               f"of task {request.task_id}")
             blob = await self.blobs.meta(request.blob_id)
+            started = time.monotonic()
             async for chunk in self.blobs.stream(blob, request.offset):
                 yield chunk
+            # gRPC's flow control holds each write until the endpoint has room: the
+            # stream's time is the link's transfer time, for smallest-ETA's charges.
+            link.heard_transfer(blob.size - request.offset, time.monotonic() - started)
         except errors.FabricError as exc:
             if isinstance(exc, errors.PermissionDenied):
                 audit_refusal(context.peer(), "GetBlob", exc, caller())

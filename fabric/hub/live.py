@@ -142,8 +142,15 @@ class Link:
         if self.probe is None or self.probe[0] != echo:
             return
         size, self.probe = self.probe[1], None
-        transfer = max(now - echo - 2 * (self.latency_s or 0.0), MIN_TRANSFER_S)
-        sample = size / transfer
+        self.heard_transfer(size, now - echo - 2 * (self.latency_s or 0.0))
+
+    def heard_transfer(self, size: int, seconds: float) -> None:
+        """`size` bytes reached the endpoint in `seconds`: a probed batch, or a blob it
+        fetched (big arguments travel that way). Smoothed, since one sample includes
+        any queueing."""
+        if size < PROBE_MIN_BYTES:
+            return
+        sample = size / max(seconds, MIN_TRANSFER_S)
         self.bandwidth_Bps = sample if self.bandwidth_Bps is None else \
             0.7 * self.bandwidth_Bps + 0.3 * sample
 
