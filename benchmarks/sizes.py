@@ -23,7 +23,7 @@ from benchmarks.common import (add_common_arguments, add_ratios, echo, figure, f
                                ratio_columns, write_report)
 from benchmarks.peers import open_engine, peers_arg
 
-FULL = "1K,10K,100K,1M,10M,100M"
+FULL = "1K,10K,100K,1M,10M,100M,250M"
 QUICK = "1K,10K,100K,1M,10M"
 
 

@@ -26,13 +26,13 @@ from fabric.hub.access import Access
 from fabric.hub.auth import Principal, check_user_name
 from fabric.hub.blobs import Blobs, check_blob_id, chunk_reader
 from fabric.hub.dispatch import NO_NEEDS, Dispatcher, LiveTask, Needs
-from fabric.hub.guard import audit_refusal, caller
+from fabric.hub.guard import answering, audit_refusal, caller
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import FunctionRow, TaskStore
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
 from fabric.serialize import function_id as make_function_id
 from fabric.states import TaskState
-from fabric.wire import abort, error_kind, to_status
+from fabric.wire import error_kind, to_status
 
 log = logging.getLogger("fabric.hub")
 
@@ -493,16 +493,12 @@ class ClientApi(pb_grpc.ClientServiceServicer):
 
     async def GetBlob(self, request: pb.GetBlobRequest, context: Any) -> Any:
         """A result too big for one message; only the task's submitter may fetch it."""
-        try:
+        async with answering(context, "GetBlob"):
             blob = await self.blobs.meta(check_blob_id(request.blob_id))
             if blob.owner != caller().user:
                 raise errors.PermissionDenied(f"blob {request.blob_id} belongs to another user")
             async for chunk in self.blobs.stream(blob, request.offset):
                 yield chunk
-        except errors.FabricError as exc:
-            if isinstance(exc, errors.PermissionDenied):
-                audit_refusal(context.peer(), "GetBlob", exc, caller())
-            await abort(context, exc)
 
 
 _FINAL = (pb.SUCCESS, pb.FAILED, pb.CANCELLED, pb.PURGED)

@@ -28,10 +28,10 @@ from fabric.hub.access import Access
 from fabric.hub.auth import NO_AUTH
 from fabric.hub.blobs import Blobs, check_blob_id, chunk_reader
 from fabric.hub.dispatch import Dispatcher, EndpointRecord, Link
-from fabric.hub.guard import audit_refusal, caller
+from fabric.hub.guard import answering, audit_refusal, caller
 from fabric.hub.store import TaskStore
 from fabric.models import Capabilities
-from fabric.wire import ERROR_KEY, abort, to_status
+from fabric.wire import ERROR_KEY, to_status
 
 log = logging.getLogger("fabric.hub")
 
@@ -202,7 +202,7 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
 
     async def GetBlob(self, request: pb.GetBlobRequest, context: Any) -> Any:
         """The arguments of a task this endpoint holds."""
-        try:
+        async with answering(context, "GetBlob"):
             link = self._link_for(request.endpoint_id, request.task_id)
             t = self.d.tasks.get(request.task_id)
             if t is None or t.args_blob != check_blob_id(request.blob_id):
@@ -215,15 +215,11 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
             # gRPC's flow control holds each write until the endpoint has room: the
             # stream's time is the link's transfer time, for smallest-ETA's charges.
             link.heard_transfer(blob.size - request.offset, time.monotonic() - started)
-        except errors.FabricError as exc:
-            if isinstance(exc, errors.PermissionDenied):
-                audit_refusal(context.peer(), "GetBlob", exc, caller())
-            await abort(context, exc)
 
     async def PutBlob(self, request_iterator: Any, context: Any) -> pb.BlobRef:
         """A result too big for one message, uploaded before the result that names it.
         It belongs to the task's submitter, the only one who may fetch it."""
-        try:
+        async with answering(context, "PutBlob"):
             read = chunk_reader(context)
             first = await read()
             if first is None:
@@ -231,15 +227,12 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
             self._link_for(first.endpoint_id, first.task_id)
             t = self.d.tasks[first.task_id]  # in flight: live
             ref = await self.blobs.receive(first, read, owner=t.owner, task_id=t.task_id)
-            if len(self.uploaded) >= MAX_UNCLAIMED:  # results that never came: forget them
-                self.uploaded = {b: tid for b, tid in self.uploaded.items() if tid in self.d.tasks}
-            self.uploaded[ref.blob_id] = t.task_id
-            return ref
-        except errors.FabricError as exc:
-            if isinstance(exc, errors.PermissionDenied):
-                audit_refusal(context.peer(), "PutBlob", exc, caller())
-            await abort(context, exc)
-            raise  # not reached: abort raises
+            if ref.blob_id:
+                if len(self.uploaded) >= MAX_UNCLAIMED:  # results that never came: forget them
+                    self.uploaded = {b: tid for b, tid in self.uploaded.items()
+                                     if tid in self.d.tasks}
+                self.uploaded[ref.blob_id] = t.task_id
+        return ref
 
     def drop(self, link: Link) -> None:
         """End a link's stream (heartbeats stopped): its handler's cleanup requeues the work."""

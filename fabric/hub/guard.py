@@ -27,7 +27,7 @@ import grpc
 
 from fabric import errors
 from fabric.hub.auth import NO_AUTH, Principal, VerifiedTokens
-from fabric.wire import to_status
+from fabric.wire import abort, to_status
 
 audit = logging.getLogger("fabric.audit")
 
@@ -58,6 +58,18 @@ def audit_refusal(peer: str, method: str, exc: errors.FabricError, p: Principal 
     audit.warning("%s peer=%s method=%s%s reason=%s",
                   "denied" if isinstance(exc, errors.PermissionDenied) else "auth-failed",
                   peer, method.rsplit("/", 1)[-1], who, exc)
+
+
+@contextlib.asynccontextmanager
+async def answering(context: Any, method: str) -> AsyncIterator[None]:
+    """Ends the call being handled with the status of a FabricError raised inside
+    (refusals audited); for handlers, streaming ones included, that raise them."""
+    try:
+        yield
+    except errors.FabricError as exc:
+        if isinstance(exc, (errors.AuthError, errors.PermissionDenied)):
+            audit_refusal(context.peer(), method, exc, caller())
+        await abort(context, exc)
 
 
 class Guard(grpc.aio.ServerInterceptor):
@@ -248,4 +260,4 @@ def _refusal(handler: Any, method: str, exc: errors.FabricError, p: Principal | 
     return grpc.unary_unary_rpc_method_handler(refuse, None, handler.response_serializer)
 
 
-__all__ = ["Guard", "audit_refusal", "bearer", "caller"]
+__all__ = ["Guard", "answering", "audit_refusal", "bearer", "caller"]
