@@ -77,6 +77,8 @@ class AsyncClient:
         # message); None until the first, and again after it broke.
         self._submit_stream: Any = None
         self._stream_supported = True
+        # Arguments too big for a message, by task id, until uploaded as blobs.
+        self._big_args: dict[str, bytes] = {}
         # Results whose big values are being fetched, by task id (not delivered yet).
         self._fetching: dict[str, asyncio.Task[None]] = {}
         self._closed = False
@@ -167,10 +169,16 @@ class AsyncClient:
         """One call, ready to submit. `endpoints` limits where the policy may send it,
         `gpus`/`memory` (bytes) are what it needs there, `deadline` (seconds) is for
         the cheapest policy: the cheapest endpoint predicted to finish it in time."""
+        payload = dumps_args(args, kwargs)
+        big = blobs.is_big(payload)
         sub = pb.TaskSubmission(task_id=uuid.uuid4().hex, function_id=function_id,
-                                args=dumps_args(args, kwargs), endpoint=endpoint_id or "",
+                                args=b"" if big else payload, endpoint=endpoint_id or "",
                                 walltime_s=walltime, gpus=gpus, memory_bytes=memory,
                                 allowed_endpoints=list(endpoints), deadline_s=deadline or 0.0)
+        if big:
+            # Kept out of the message until it is uploaded: protobuf copies a bytes
+            # field on every read, and this one may be hundreds of megabytes.
+            self._big_args[sub.task_id] = payload
         if max_retries is not None:
             sub.max_retries = max_retries
         return sub
@@ -257,21 +265,22 @@ class AsyncClient:
     async def _upload_big_args(self, subs: Any) -> None:
         """Arguments too big for one message go to the hub first, as blobs; the
         submission then names the blob. (A retried submission reuses it.)"""
-        big = [s for s in subs if _is_big(s)]
+        big = [s for s in subs if s.task_id in self._big_args and not s.args_blob]
         if not big:
             return
         slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
 
         async def one(s: pb.TaskSubmission) -> None:
             async with slots:
-                args = s.args  # (a copy: read once)
+                args = self._big_args[s.task_id]
                 try:
                     s.args_blob = await blobs.upload(self.stub, args, self._metadata,
                                                      retry_for=self.retry_timeout)
                 except errors.PayloadTooLarge as exc:
                     raise errors.PayloadTooLarge(f"task {s.task_id}: arguments are "
                                                  f"{len(args)} bytes; {exc}") from None
-            s.ClearField("args")
+                finally:
+                    del self._big_args[s.task_id]  # uploaded, or failed for good
 
         await asyncio.gather(*map(one, big))
 
@@ -529,14 +538,8 @@ def _fit(queued: list[Any], most: int, budget: int) -> int:
     as blobs, so they cost nothing here."""
     n, size = 0, 0
     for sub, _, _ in queued[:most]:
-        if not _is_big(sub):
-            size += sub.ByteSize()
+        size += len(sub.args)  # (big ones wait apart, as blobs)
         if n and size > budget:
             break
         n += 1
     return n
-
-
-def _is_big(sub: pb.TaskSubmission) -> bool:
-    # By the message's size: reading `sub.args` would copy the bytes out.
-    return sub.ByteSize() > config.INLINE_PAYLOAD_MAX
