@@ -112,7 +112,10 @@ class Blobs:
         """Store the stream that starts with `first` (read the rest with `read`).
         Nothing is kept unless every byte arrived and matches the declared digest."""
         size, sha = first.size, first.sha256
-        if not 0 <= size <= self.max_size:
+        if size < 0:  # malformed, not too large
+            raise errors.InvalidRequest(f"the first chunk must declare the payload's size "
+                                        f"in bytes, not {size}")
+        if size > self.max_size:
             raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes; this payload "
                                          f"is {size}")
         if not SHA256_RE.match(sha):
@@ -146,7 +149,9 @@ class Blobs:
                                             "from the one declared")
             await asyncio.to_thread(sink.finish, self.dir / blob_id)
         except BaseException:
-            await asyncio.to_thread(sink.discard)
+            # Shielded: when the uploader goes away, gRPC cancels this call, and a
+            # cancelled to_thread job that has not started yet would never run.
+            await asyncio.shield(asyncio.to_thread(sink.discard))
             raise
         await self.store.put_blob(BlobRow(blob_id, owner, size, sha, task_id, time.time(), False))
         self.received += 1

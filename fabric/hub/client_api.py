@@ -250,7 +250,14 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         if t.args:
             raise errors.InvalidRequest(f"task {t.task_id}: send the arguments inline or as "
                                         "a blob, not both")
-        blob = await self.blobs.meta(t.args_blob)
+        try:
+            blob = await self.blobs.meta(t.args_blob)
+        except errors.BlobNotFound:
+            # A retried Submit (its ack was lost) of a task that has finished since: its
+            # arguments went with it. The retry is the no-op below, as with inline ones.
+            if await self.store.get_tasks([t.task_id]):
+                return 0
+            raise
         if blob.owner != owner:  # (a result of one's own may be passed on as arguments)
             raise errors.PermissionDenied(f"blob {t.args_blob} belongs to another user")
         return blob.size
