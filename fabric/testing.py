@@ -1,5 +1,5 @@
 """Tools to check a fabric's delivery guarantees, shared by the fault tests and
-the chaos benchmark.
+the chaos benchmark, and `wait_until`, the one way tests wait for a condition.
 
 `mark` is a task that appends one line per execution to a ledger file (with
 O_APPEND, so concurrent workers never interleave a line); `Ledger` reads it
@@ -11,7 +11,9 @@ reference: it ships with fabric.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 
 def mark(ledger: str, i: int, sleep_s: float = 0.0) -> int:
@@ -74,3 +76,16 @@ class Ledger:
         for i, pid in self.runs():
             out.setdefault(i, []).append(pid)
         return out
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll `cond` until it returns something true (returned), or fail after
+    `timeout` seconds saying what was awaited: every wait in a test has a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)

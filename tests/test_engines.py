@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import cloudpickle
@@ -23,6 +22,7 @@ from fabric.launch import LocalFabric
 
 from fabric.endpoint.engines import require
 from fabric.endpoint.engines.futures import engine_capacity, tasks_per_worker
+from fabric.testing import wait_until
 
 try:
     require("parsl")
@@ -91,14 +91,6 @@ def fab(tmp_path_factory):
 def client(fab):
     with Client(fab.address) as c:
         yield c
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @needs_engines

@@ -26,7 +26,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 import psutil
@@ -37,7 +37,7 @@ from fabric.client import Client
 from fabric.launch import (Child, LocalFabric, spawn_command, start_endpoint, start_hub,
                            stop_all)
 from fabric.states import TaskState
-from fabric.testing import Ledger, mark, value_of
+from fabric.testing import Ledger, mark, value_of, wait_until
 
 # Workers cannot import this module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -96,17 +96,6 @@ class Deliveries:
 
     def repushed(self) -> int:
         return sum(n - 1 for n in self.pushes.values())
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not true after {timeout}s: {what}")
-        time.sleep(every)
 
 
 def online(client: Client) -> dict[str, bool]:

@@ -19,6 +19,7 @@ from fabric import errors
 from fabric.client import Client, Executor
 from fabric.launch import LocalFabric, spawn, start_endpoint
 from fabric.states import TaskState
+from fabric.testing import wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -50,14 +51,6 @@ def executions(path):
         return []
     with open(path) as f:
         return [int(line.split()[0]) for line in f if line.strip()]
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

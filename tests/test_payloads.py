@@ -23,10 +23,9 @@ import signal
 import sqlite3
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import cloudpickle
 import grpc
@@ -40,7 +39,7 @@ from fabric.hub.tokens import TokenBook
 from fabric.launch import LocalFabric
 from fabric.serialize import dumps_args
 from fabric.states import TaskState
-from fabric.testing import Ledger
+from fabric.testing import Ledger, wait_until
 from fabric.wire import ERROR_KEY
 
 pytestmark = pytest.mark.processes
@@ -81,17 +80,6 @@ def sha(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------- observing
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not true after {timeout}s: {what}")
-        time.sleep(every)
-
-
 def blob_dir(fab: LocalFabric) -> Path:
     return Path(str(fab.store) + ".blobs")
 

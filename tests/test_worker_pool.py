@@ -604,6 +604,9 @@ def test_worker_process_skips_cancelled_tasks_but_counts_them(tmp_path):
         send(("tasks", [("block", "wait", dumps_args((str(release),), {}))]
               + [(t, "echo", dumps_args((t,), {})) for t in ("a", "b", "c")]))
         send(("cancel", ["b", "never-sent"]))
+        # The worker's reader thread must take the cancel before "block" ends and
+        # "a" and "b" run; on a loaded machine it may not have been scheduled yet.
+        time.sleep(0.3)
         release.write_text("go")
         rows = []
         while len(rows) < 4:
