@@ -1,11 +1,12 @@
 """Argument/result size sweep: round trip and bandwidth of Fabric beside its peers.
 
-    fabric bench sizes [--sizes 1K,10K,100K,1M,10M,100M] [--workers 2] [--quick]
+    fabric bench sizes [--sizes 1K,10K,100K,1M,10M,100M,250M] [--workers 2] [--quick]
 
 For each size S, one task at a time: an `echo` task that takes S random bytes
 and returns them, so S travels to a worker and S comes back (Fabric: client ->
-hub, stored, hub -> endpoint -> worker, and the same way back). Fewer round
-trips at big sizes. MiB/s counts both directions: 2 x S / round trip (p50).
+hub, stored, hub -> endpoint -> worker, and the same way back; over 1 MiB as a
+blob, uploaded and fetched in chunks on each leg). Fewer round trips at big
+sizes. MiB/s counts both directions: 2 x S / round trip (p50).
 A size an engine refuses (Fabric's --max-payload, a gRPC message limit) is
 recorded with the error's exact text as its result, and the sweep goes on.
 """
