@@ -29,6 +29,10 @@ from fabric.wire import from_rpc_error, is_transient
 Metadata = Sequence[tuple[str, str]]
 
 
+#: Uploads this big or bigger ask the hub first whether it would take them.
+CHECK_FIRST_BYTES = 8 * 1024 * 1024
+
+
 def is_big(payload: bytes) -> bool:
     """Too big to ride inside a task or result message: goes as a blob."""
     return len(payload) > config.INLINE_PAYLOAD_MAX
@@ -77,12 +81,13 @@ async def upload(stub: Any, data: bytes, metadata: Metadata, *, task_id: str = "
                          check_only=True)
     deadline = time.monotonic() + retry_for
     delay = 0.05
-    checked = False
+    checked = len(data) < CHECK_FIRST_BYTES
     while True:
         try:
             if not checked:
                 # Ask first: a refusal (too big, no room, not yours) costs one small call,
-                # not the whole upload.
+                # not the whole upload. (A small upload just goes: a refusal answers it
+                # soon enough.)
                 await stub.PutBlob(iter([check]), metadata=metadata)
                 checked = True
             ref = await stub.PutBlob(_chunk_stream(data, sha, task_id, endpoint_id),
