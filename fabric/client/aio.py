@@ -28,6 +28,7 @@ import grpc
 from fabric import blobs, config, credentials, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.client.payloads import Payloads, fit
 from fabric.client.results import is_final, outcome
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
 from fabric.serialize import dumps_args, dumps_function, function_name
@@ -38,7 +39,6 @@ log = logging.getLogger("fabric.client")
 ResultListener = Callable[[pb.TaskResult], bool]
 
 SUBMIT_BATCH = 2048
-UPLOADS_AT_ONCE = 4  # big arguments uploaded in parallel
 CACHE_RESULTS = 10_000
 
 
@@ -77,8 +77,9 @@ class AsyncClient:
         # message); None until the first, and again after it broke.
         self._submit_stream: Any = None
         self._stream_supported = True
-        # Arguments too big for a message, by task id, until uploaded as blobs.
-        self._big_args: dict[str, bytes] = {}
+        # Arguments too big for a message wait there until uploaded; big values are
+        # fetched through it.
+        self.payloads = Payloads(lambda: self.stub, self._metadata, retry_timeout)
         # Results whose big values are being fetched, by task id (not delivered yet).
         self._fetching: dict[str, asyncio.Task[None]] = {}
         self._closed = False
@@ -176,9 +177,7 @@ class AsyncClient:
                                 walltime_s=walltime, gpus=gpus, memory_bytes=memory,
                                 allowed_endpoints=list(endpoints), deadline_s=deadline or 0.0)
         if big:
-            # Kept out of the message until it is uploaded: protobuf copies a bytes
-            # field on every read, and this one may be hundreds of megabytes.
-            self._big_args[sub.task_id] = payload
+            self.payloads.keep(sub.task_id, payload)
         if max_retries is not None:
             sub.max_retries = max_retries
         return sub
@@ -196,7 +195,7 @@ class AsyncClient:
     async def _flush(self) -> None:
         try:
             while self._outbox:
-                n = _fit(self._outbox, SUBMIT_BATCH, config.MAX_BATCH_BYTES)
+                n = fit(self._outbox, SUBMIT_BATCH, config.MAX_BATCH_BYTES)
                 batch, self._outbox = self._outbox[:n], self._outbox[n:]
                 by_key: dict[tuple[str, bool], list[Any]] = {}
                 for item in batch:
@@ -218,7 +217,7 @@ class AsyncClient:
         if _TON: _trace(ids[0], 'c_rpc')
         try:
             if _TON: _trace(ids[0], 'c_upload')
-            await self._upload_big_args(req.tasks)
+            await self.payloads.upload_args(req.tasks)
             await self._send_submission(req)
             if _TON: _trace(ids[0], 'c_acked')
         except errors.FabricError as exc:
@@ -261,28 +260,6 @@ class AsyncClient:
             self._submit_stream = None  # broken (hub restart): reopened on the next submission
             call.cancel()
         return await self._call("Submit", req)
-
-    async def _upload_big_args(self, subs: Any) -> None:
-        """Arguments too big for one message go to the hub first, as blobs; the
-        submission then names the blob. (A retried submission reuses it.)"""
-        big = [s for s in subs if s.task_id in self._big_args and not s.args_blob]
-        if not big:
-            return
-        slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
-
-        async def one(s: pb.TaskSubmission) -> None:
-            async with slots:
-                args = self._big_args[s.task_id]
-                try:
-                    s.args_blob = await blobs.upload(self.stub, args, self._metadata,
-                                                     retry_for=self.retry_timeout)
-                except errors.PayloadTooLarge as exc:
-                    raise errors.PayloadTooLarge(f"task {s.task_id}: arguments are "
-                                                 f"{len(args)} bytes; {exc}") from None
-                finally:
-                    del self._big_args[s.task_id]  # uploaded, or failed for good
-
-        await asyncio.gather(*map(one, big))
 
     async def _drain_outbox(self) -> None:
         while self._outbox or self._flushing:
@@ -361,25 +338,7 @@ class AsyncClient:
                 raise errors.FabricError("the hub answered GetResults with no results")
             out.extend(reply.results)
             ids = ids[len(reply.results):]
-        return list(await asyncio.gather(*map(self._with_value, out)))
-
-    async def _with_value(self, r: pb.TaskResult) -> pb.TaskResult:
-        """`r` with its value in place: a big one is fetched from the hub. A value that
-        cannot be fetched (purged meanwhile) becomes the task's error."""
-        if not r.value_blob:
-            return r
-        try:
-            if _TON: _trace(r.task_id, 'c_fetch')
-            r.value = await blobs.download(self.stub, r.value_blob, self._metadata,
-                                           retry_for=self.retry_timeout)
-            if _TON: _trace(r.task_id, 'c_fetched')
-        except errors.FabricError as exc:
-            r.state = pb.FAILED
-            r.error.CopyFrom(pb.TaskError(
-                type_name="ResultUnavailable", kind="system",
-                message=f"the task finished, but its result could not be fetched: {exc}"))
-        r.ClearField("value_blob")
-        return r
+        return list(await asyncio.gather(*map(self.payloads.with_value, out)))
 
     async def wait(self, task_ids: Sequence[str], timeout: float | None) -> list[pb.TaskResult]:
         """Final results for `task_ids` (in order). timeout=None: do not wait, return
@@ -486,7 +445,7 @@ class AsyncClient:
 
         async def fetch() -> None:
             try:
-                self._deliver(await self._with_value(r))
+                self._deliver(await self.payloads.with_value(r))
             finally:
                 self._fetching.pop(r.task_id, None)
 
@@ -531,15 +490,3 @@ class AsyncClient:
             await asyncio.sleep(0.05)
 
 
-
-def _fit(queued: list[Any], most: int, budget: int) -> int:
-    """How many queued submissions from the front make one Submit: at most `most`,
-    with inline arguments within `budget` bytes (at least one). Big arguments go
-    as blobs, so they cost nothing here."""
-    n, size = 0, 0
-    for sub, _, _ in queued[:most]:
-        size += len(sub.args)  # (big ones wait apart, as blobs)
-        if n and size > budget:
-            break
-        n += 1
-    return n

@@ -29,13 +29,14 @@ from typing import Any
 
 import grpc
 
-from fabric import __version__, config, credentials, errors
+from fabric import __version__, config, credentials
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.endpoint.capabilities import detect, gpu_ids, load_per_core
 from fabric.endpoint.engines import EngineConfig, EngineContext, make_engine
 from fabric.blobs import is_big
 from fabric.endpoint.outbox import Outbox, StateDir
+from fabric.endpoint.protocol import Echoes, fit, pack_outgoing
 from fabric.endpoint.transfers import Transfers
 from fabric.models import error_to_proto
 from fabric.serialize import ErrorInfo
@@ -315,7 +316,7 @@ class Endpoint:
                 pass
             self._wake.clear()
             msg = pb.EndpointMessage()
-            if pack_outgoing(msg, self._to_send, _fit(self._to_send, config.MAX_BATCH_BYTES),
+            if pack_outgoing(msg, self._to_send, fit(self._to_send, config.MAX_BATCH_BYTES),
                              self.draining, self._returned):
                 self._wake.set()
             self._echoes.answer_batch(msg)
@@ -362,24 +363,15 @@ class Endpoint:
     async def _fetch_then_run(self, item: WorkItem, blob_id: str) -> None:
         """Fetch a task's arguments (too big to come with it), then hand it to the engine."""
         try:
-            if _TON: _trace(item.task_id, 'e_fetch')
-            item.args = await self.transfers.fetch(blob_id, item.task_id, lambda: self.endpoint_id)
-            if _TON: _trace(item.task_id, 'e_fetched')
-        except errors.PermissionDenied:
-            # The hub no longer has the task out here (requeued elsewhere while our link
-            # was down, or cancelled): drop it; a failure from us would be a false one.
+            outcome = await self.transfers.fetch_args(item, blob_id, lambda: self.endpoint_id)
+        finally:
             self._staging.pop(item.task_id, None)
+        if outcome is None:  # the hub no longer has it out here: a failure would be false
             self.held.pop(item.task_id, None)
             self._wake.set()  # room for another: grant a credit
-            return
-        except errors.FabricError as exc:  # gone or damaged: the task cannot run anywhere
-            self._staging.pop(item.task_id, None)
-            self._on_results([WorkResult(item.task_id, False, error=ErrorInfo(
-                "PayloadUnavailable", f"endpoint {self.config.name} could not fetch the "
-                f"task's arguments: {exc}", "", b"", "system"))])
-            return
-        self._staging.pop(item.task_id, None)
-        if item.task_id in self.held:  # not cancelled or handed back meanwhile
+        elif isinstance(outcome, WorkResult):  # gone or damaged: it cannot run anywhere
+            self._on_results([outcome])
+        elif item.task_id in self.held:  # not cancelled or handed back meanwhile
             self.engine.submit([item])
 
     def _stop_staging(self, task_ids: list[str]) -> list[str]:
@@ -394,35 +386,19 @@ class Endpoint:
 
     def _upload_then_send(self, m: pb.TaskResult) -> None:
         """A value too big for the result message goes to the hub as a blob first."""
-        value = self._values[m.task_id]
-
         async def upload() -> None:
             try:
-                if _TON: _trace(m.task_id, 'e_upload')
-                blob_id = await self.transfers.upload(value, m.task_id, lambda: self.endpoint_id)
-                if _TON: _trace(m.task_id, 'e_uploaded')
-            except errors.PermissionDenied:
-                # The hub no longer has the task out here (cancelled, or requeued and run
-                # elsewhere after our link dropped): nobody waits for this result.
-                self._forget([m.task_id])
-                return
-            except errors.FabricError as exc:  # too big for the hub, or its disk is full
-                failed = pb.TaskResult(task_id=m.task_id, state=pb.FAILED,
-                                       endpoint_id=m.endpoint_id, runtime_s=m.runtime_s)
-                failed.error.CopyFrom(pb.TaskError(
-                    type_name=type(exc).__name__, kind="system",
-                    message=f"the result ({len(value)} bytes) could not be stored at "
-                            f"the hub: {exc}"))
-                self.unacked[m.task_id] = failed
-                self._values.pop(m.task_id, None)
-                self._to_send.append(failed)
-            else:
-                wire = pb.TaskResult()
-                wire.CopyFrom(m)  # (m has no value: a small copy)
-                wire.value_blob = blob_id
-                self._to_send.append(wire)
+                wire = await self.transfers.upload_value(m, self._values[m.task_id],
+                                                         lambda: self.endpoint_id)
             finally:
                 self._uploading.pop(m.task_id, None)
+            if wire is None:  # the hub no longer has the task out here: nobody waits
+                self._forget([m.task_id])
+                return
+            if not wire.value_blob:  # refused: the failure replaces the result
+                self.unacked[m.task_id] = wire
+                self._values.pop(m.task_id, None)
+            self._to_send.append(wire)
             self._wake.set()
 
         self._uploading[m.task_id] = asyncio.create_task(upload())
@@ -486,60 +462,3 @@ class Endpoint:
             outbox.put([r])  # the row, without the value: pending() reads the file back
             if r.task_id not in self.unacked:  # acknowledged while it was being written
                 outbox.ack([r.task_id])
-
-
-class Echoes:
-    """Stamps from the hub to answer at once, so that it can time the link: the
-    sent_at of its heartbeats (latency) and of its large task batches
-    (bandwidth). Shared with the simulated endpoint."""
-
-    __slots__ = ("heartbeat", "batch")
-
-    def __init__(self) -> None:
-        self.heartbeat = 0.0
-        self.batch = 0.0
-
-    def heard(self, msg: pb.HubMessage) -> bool:
-        """Note the stamps `msg` carries; True when it carried one (answer now)."""
-        stamped = False
-        if msg.HasField("heartbeat") and msg.heartbeat.sent_at:
-            self.heartbeat, stamped = msg.heartbeat.sent_at, True
-        if msg.sent_at:
-            self.batch, stamped = msg.sent_at, True
-        return stamped
-
-    def answer_batch(self, out: pb.EndpointMessage) -> None:
-        if self.batch:
-            out.batch_echo, self.batch = self.batch, 0.0
-
-    def take_heartbeat(self) -> float:
-        """The heartbeat stamp to echo in the heartbeat being sent (0.0: none)."""
-        echo, self.heartbeat = self.heartbeat, 0.0
-        return echo
-
-
-def pack_outgoing(msg: pb.EndpointMessage, to_send: list[pb.TaskResult], n: int,
-                  draining: bool, returned: list[str]) -> bool:
-    """Move the first `n` results (and, while draining, the handed-back task ids)
-    into `msg`; True when results are left for another message. Shared with the
-    simulated endpoint, so both speak the protocol the same way."""
-    if to_send:
-        msg.results.extend(to_send[:n])
-        del to_send[:n]
-    if draining:
-        msg.draining = True
-        if returned:
-            msg.returned.extend(returned)
-            returned.clear()
-    return bool(to_send)
-
-
-def _fit(results: list[pb.TaskResult], budget: int) -> int:
-    """How many results from the front fit in `budget` bytes (at least one)."""
-    n, size = 0, 0
-    for r in results:
-        size += len(r.value)
-        if n and size > budget:
-            break
-        n += 1
-    return n

@@ -38,7 +38,7 @@ import grpc
 from fabric import __version__, config, credentials, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
-from fabric.endpoint.agent import Echoes, pack_outgoing
+from fabric.endpoint.protocol import Echoes, pack_outgoing
 from fabric.endpoint.capabilities import load_per_core
 from fabric.models import Capabilities
 

@@ -24,7 +24,11 @@ from typing import Any, Awaitable, Callable, TypeVar
 import grpc
 
 from fabric import blobs, config, credentials, errors
+from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.serialize import ErrorInfo
+from fabric.worker.runtime import WorkItem, WorkResult
+from fabric.worker.trace import ON as _TON, trace as _trace
 
 log = logging.getLogger("fabric.endpoint")
 
@@ -79,6 +83,47 @@ class Transfers:
         blob_id = await self._until_done(attempt, f"result of task {task_id}")
         self.uploaded += 1
         return blob_id
+
+    # ------------------------------------------------------------ what the agent asks
+    async def fetch_args(self, item: WorkItem, blob_id: str,
+                         endpoint_id: Callable[[], str | None]) -> WorkItem | WorkResult | None:
+        """`item` with its arguments in place; a failed result when they cannot be had
+        (deleted, damaged); None when the hub no longer has the task out here (it was
+        requeued elsewhere while our link was down, or cancelled)."""
+        try:
+            if _TON: _trace(item.task_id, 'e_fetch')
+            item.args = await self.fetch(blob_id, item.task_id, endpoint_id)
+            if _TON: _trace(item.task_id, 'e_fetched')
+        except errors.PermissionDenied:
+            return None
+        except errors.FabricError as exc:
+            return WorkResult(item.task_id, False, error=ErrorInfo(
+                "PayloadUnavailable", f"could not fetch the task's arguments: {exc}", "", b"",
+                "system"))
+        return item
+
+    async def upload_value(self, m: pb.TaskResult, value: bytes,
+                           endpoint_id: Callable[[], str | None]) -> pb.TaskResult | None:
+        """The message for result `m` (whose big `value` is kept apart): naming the
+        uploaded blob, or, if the hub refused it (too big, disk full), a failure saying
+        so. None when the hub no longer has the task out here: nobody waits for it."""
+        try:
+            if _TON: _trace(m.task_id, 'e_upload')
+            blob_id = await self.upload(value, m.task_id, endpoint_id)
+            if _TON: _trace(m.task_id, 'e_uploaded')
+        except errors.PermissionDenied:
+            return None
+        except errors.FabricError as exc:
+            failed = pb.TaskResult(task_id=m.task_id, state=pb.FAILED, endpoint_id=m.endpoint_id,
+                                   runtime_s=m.runtime_s)
+            failed.error.CopyFrom(pb.TaskError(
+                type_name=type(exc).__name__, kind="system",
+                message=f"the result ({len(value)} bytes) could not be stored at the hub: {exc}"))
+            return failed
+        wire = pb.TaskResult()
+        wire.CopyFrom(m)  # (m has no value: a small copy)
+        wire.value_blob = blob_id
+        return wire
 
     async def _until_done(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         delay = 0.05
