@@ -225,3 +225,14 @@ def test_every_command_has_help(args):
     out = subprocess.run([sys.executable, "-m", "fabric", *args, "--help"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_the_demo_runs_and_stops_cleanly():
+    """`make demo` is the first thing a newcomer types: it must keep working."""
+    done = subprocess.run([sys.executable, "-m", "fabric.demo"], capture_output=True,
+                          text=True, timeout=180)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    for line in ("hypotenuse(3, 4) = 5.0", "TaskFailed", "spread by smallest ETA",
+                 "a 32 MiB argument out and a 32 MiB result back", "demo finished cleanly"):
+        assert line in out, (line, out[-3000:])
