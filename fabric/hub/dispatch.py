@@ -54,6 +54,8 @@ class Dispatcher:
         self.settling = False
         # Which endpoints a task's owner may use (set by the hub; None: any endpoint).
         self.usable: Callable[[LiveTask], frozenset[str] | None] = lambda t: None
+        # Told when finished tasks let go of argument blobs (the hub deletes them soon).
+        self.blobs_released: Callable[[], None] = lambda: None
         # Monotonic counts for `fabric status` and the chaos benchmark.
         self.counters: dict[str, int] = dict.fromkeys(
             ("results", "duplicates_dropped", "links_lost", "requeued", "handed_back",
@@ -351,6 +353,7 @@ class Dispatcher:
         now = time.time()
         if _TON: _trace(results[0].task_id, 'h_result_in')
         rows, fresh, dup, owners = [], [], [], []
+        released = False  # a finished task had its arguments in a blob
         for r in results:
             t = self.tasks.get(r.task_id)
             event = Event.SUCCEED if r.state == pb.SUCCESS else Event.FAIL
@@ -372,6 +375,7 @@ class Dispatcher:
             del self.tasks[r.task_id]
             self.unfinished_by[t.owner] -= 1
             self._release(t)
+            released = released or t.args_blob is not None
             if r.state == pb.SUCCESS:
                 self.model.observe(t.function_id, link.endpoint_id, r.runtime_s, t.size,
                                    cold=r.cold)
@@ -413,6 +417,8 @@ class Dispatcher:
             if not link.closed:  # only now may the endpoint forget them
                 link.acks.extend(r.task_id for r in fresh)
                 link.wake.set()
+            if released:
+                self.blobs_released()
 
         done.add_done_callback(committed)
 
@@ -467,7 +473,15 @@ class Dispatcher:
         if rows:
             self.counters[counter] += len(rows)
             done = self.store.finish_tasks(rows)
-            done.add_done_callback(lambda f: f.exception() or self.sessions.publish(out))
+            released = any(t.args_blob for t in tasks)
+
+            def committed(f: asyncio.Future[None]) -> None:
+                if f.exception() is None:
+                    self.sessions.publish(out)
+                    if released:
+                        self.blobs_released()
+
+            done.add_done_callback(committed)
         return out
 
     # ------------------------------------------------------------ health

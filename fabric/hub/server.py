@@ -36,6 +36,8 @@ log = logging.getLogger("fabric.hub")
 
 #: How often the hub looks for newly revoked tokens (seconds).
 REVOCATION_POLL_S = 1.0
+#: Finished tasks' argument blobs are deleted this soon after (batched).
+SWEEP_AFTER_S = 1.0
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Hub:
         self.access = Access(self.dispatcher.endpoints, self.dispatcher.functions)
         self.dispatcher.usable = self.access.usable
         self.blobs = Blobs(self.store, blob_dir(self.config.store_path), self.config.max_payload)
+        self.dispatcher.blobs_released = self._sweep_soon
+        self._sweep_due: asyncio.TimerHandle | None = None
         self.guard: Guard | None = None
         self._tokens: TokenBook | None = None
         self.port: int | None = None
@@ -208,6 +212,25 @@ class Hub:
                 log.info("retention: %d results purged, %d tombstones forgotten",
                          purged, forgotten)
 
+    def _sweep_soon(self) -> None:
+        """Finished tasks let go of argument blobs: delete them within a second (a
+        heavy user's payloads must not wait for the purge loop's next round)."""
+        if self._sweep_due is None and not self._shutdown_started:
+            self._sweep_due = asyncio.get_running_loop().call_later(SWEEP_AFTER_S, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_due = None
+
+        async def sweep() -> None:
+            try:
+                self.dispatcher.counters["blobs_deleted"] += await self.blobs.sweep(
+                    self.config.orphan_blob_ttl_s)
+            except Exception:  # noqa: BLE001 - the purge loop tries again; the hub stays up
+                log.exception("deleting released blobs failed")
+
+        self._background.append(asyncio.create_task(sweep()))
+        self._background = [job for job in self._background if not job.done()]
+
     async def _watch_links(self) -> None:
         period = self.config.heartbeat_period
         silent_after = self.config.silent_after
@@ -229,6 +252,8 @@ class Hub:
             await self._stopped.wait()
             return
         self._shutdown_started = True
+        if self._sweep_due is not None:
+            self._sweep_due.cancel()
         for job in self._background:
             job.cancel()
         for session in list(self.sessions._sessions.values()):
