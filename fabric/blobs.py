@@ -24,7 +24,7 @@ import grpc
 
 from fabric import config, errors
 from fabric._proto import fabric_pb2 as pb
-from fabric.wire import from_rpc_error, is_transient
+from fabric.wire import from_rpc_error, is_backpressure, is_transient
 
 Metadata = Sequence[tuple[str, str]]
 
@@ -95,7 +95,10 @@ async def upload(stub: Any, data: bytes, metadata: Metadata, *, task_id: str = "
             return ref.blob_id
         except grpc.aio.AioRpcError as exc:
             late = time.monotonic() + delay > deadline
-            if exc.code() == grpc.StatusCode.INTERNAL and checked and not late:
+            if is_backpressure(exc):
+                # The hub is up and asks us to wait (our stored arguments are at its cap).
+                deadline = time.monotonic() + retry_for
+            elif exc.code() == grpc.StatusCode.INTERNAL and checked and not late:
                 # grpc.aio can report a refusal that arrives mid-upload as INTERNAL
                 # (grpc/grpc#36066): check again, which gets the hub's real answer.
                 checked = False

@@ -37,6 +37,10 @@ DEFAULT_ORPHAN_BLOB_TTL_S = 3600.0
 #: Unfinished tasks one user may have at the hub; beyond it, submissions wait
 #: (the client retries with backoff) until some finish.
 DEFAULT_MAX_QUEUED_PER_USER = 1_000_000
+#: Bytes of uploaded arguments one user may keep at the hub (blobs of tasks not
+#: finished yet, and uploads not used yet); beyond it, uploads wait likewise.
+#: Results do not count: `--retention` governs them.
+DEFAULT_MAX_STORED_PER_USER = 64 * 1024**3
 
 #: Tasks per message on the endpoint link; bytes per message are capped too.
 MAX_TASKS_PER_BATCH = 1024

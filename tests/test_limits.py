@@ -1,9 +1,12 @@
-"""Limits: the per-user cap on unfinished tasks is backpressure, not an error;
-payloads over the hub's limit are refused precisely; the endpoint allow-list."""
+"""Limits: the per-user caps on unfinished tasks and on stored arguments are
+backpressure, not errors; payloads over the hub's limit are refused precisely;
+the endpoint allow-list."""
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 
 import cloudpickle
@@ -77,3 +80,31 @@ def test_endpoint_allow_list(local_fabric):
         assert a.get_result(a.run(7, function_id=fid, endpoint_id="owners"), timeout=30) == 7
         with pytest.raises(errors.PermissionDenied, match="allow-list"):
             c.run(1, function_id=c.register_function(echo), endpoint_id="owners")
+
+
+def wait_for_file(path, x):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.02)
+    return len(x)
+
+
+def test_per_user_cap_on_stored_arguments_makes_uploads_wait_not_fail(local_fabric, tmp_path):
+    fab = local_fabric(["two"], workers=2, hub_args=("--max-stored-per-user", str(4 << 20)))
+    release = str(tmp_path / "release")
+    with Client(fab.address) as c:
+        c.wait_for_endpoints(1, timeout=30)
+        fid = c.register_function(wait_for_file)
+        big = b"x" * (3 << 19)  # 1.5 MiB: a blob
+        first = [c.run(release, big, function_id=fid) for _ in range(2)]  # 3 MiB stored
+        third: list = []
+        submit = threading.Thread(target=lambda: third.append(c.run(release, big, function_id=fid)))
+        submit.start()
+        submit.join(1.5)
+        assert submit.is_alive() and not third  # 4.5 MiB would pass the cap: it waits...
+        open(release, "w").close()  # ... until the first two finish and their blobs go
+        submit.join(30)
+        assert not submit.is_alive() and third
+        assert c.get_batch_result(first + third, timeout=30) == [len(big)] * 3

@@ -58,6 +58,10 @@ def main() -> None:
 @click.option("--max-queued-per-user", default=config.DEFAULT_MAX_QUEUED_PER_USER,
               show_default=True, type=click.IntRange(min=1),
               help="unfinished tasks per user; more submissions wait (clients retry) until some finish")
+@click.option("--max-stored-per-user", default=config.DEFAULT_MAX_STORED_PER_USER,
+              show_default=True, type=click.IntRange(min=0),
+              help="bytes of uploaded arguments per user (tasks not finished, uploads not "
+                   "used yet); more uploads wait (clients retry) until some finish; 0 = no cap")
 @click.option("--blob-ttl", default=config.DEFAULT_ORPHAN_BLOB_TTL_S, show_default=True,
               type=click.FloatRange(min=0),
               help="seconds an uploaded payload may wait for the task that uses it")
@@ -69,7 +73,7 @@ def main() -> None:
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def hub(host: str, port: int, store_path: str | None, max_payload: int, heartbeat: float,
         heartbeat_misses: int, retention: float, max_age: float, max_queued_per_user: int,
-        blob_ttl: float, no_auth: bool, tls_cert: str,
+        max_stored_per_user: int, blob_ttl: float, no_auth: bool, tls_cert: str,
         tls_key: str, verbose: int) -> None:
     """Run a hub in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
@@ -93,6 +97,7 @@ def hub(host: str, port: int, store_path: str | None, max_payload: int, heartbea
     cfg = HubConfig(host=host, port=port, max_payload=max_payload, heartbeat_period=heartbeat,
                     heartbeat_misses=heartbeat_misses, retention_s=retention, max_age_s=max_age,
                     max_queued_per_user=max_queued_per_user, orphan_blob_ttl_s=blob_ttl,
+                    max_stored_per_user=max_stored_per_user,
                     auth=not no_auth, tls_cert=tls_cert, tls_key=tls_key)
     if store_path:
         cfg.store_path = store_path

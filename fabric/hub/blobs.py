@@ -80,10 +80,12 @@ class Blobs:
     receive/stream/meta, `await sweep()` from the hub's purge loop."""
 
     def __init__(self, store: TaskStore, directory: Path, max_size: int,
+                 max_per_user: int = config.DEFAULT_MAX_STORED_PER_USER,
                  reserve_bytes: int = DISK_RESERVE_BYTES) -> None:
         self.store = store
         self.dir = directory
         self.max_size = max_size
+        self.max_per_user = max_per_user  # arguments waiting, per user (0: no cap)
         self.reserve_bytes = reserve_bytes
         self.received = 0  # blobs stored since start (status counters)
 
@@ -121,6 +123,15 @@ class Blobs:
         if not SHA256_RE.match(sha):
             raise errors.InvalidRequest("the first chunk must carry the payload's SHA-256 "
                                         "(64 lower-case hex digits)")
+        if not task_id and self.max_per_user:  # a user's arguments (results never wait)
+            waiting = await self.store.waiting_args_bytes(owner)
+            if waiting and waiting + size > self.max_per_user:
+                # Backpressure, not failure: the client waits and retries (a lone
+                # payload under the size limit always gets in).
+                raise errors.QueueFull(
+                    f"user {owner} keeps {waiting} bytes of arguments at the hub; with "
+                    f"{size} more that would pass its cap of {self.max_per_user}: retry "
+                    "when some tasks finish")
         free = (await asyncio.to_thread(shutil.disk_usage, self.dir)).free
         if free - size < self.reserve_bytes:
             raise errors.StorageFull(f"the hub has {free} bytes of disk free; a {size}-byte "

@@ -78,6 +78,8 @@ def _blob_tables(conn: sqlite3.Connection, db: sqlite_utils.Database, tables: se
              "created_at": float, "used": int},
             pk="blob_id",
         )
+    # A user's waiting arguments (task_id "") are summed on every upload: the cap.
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_blobs_owner ON blobs (owner, task_id)")
     columns = set(db["tasks"].columns_dict)
     for name in ("args_blob", "value_blob"):
         if name not in columns:

@@ -52,6 +52,7 @@ class HubConfig:
     max_age_s: float = config.DEFAULT_MAX_AGE_S  # results nobody collected
     forget_after_s: float = config.DEFAULT_FORGET_AFTER_S  # "purged" tombstones
     max_queued_per_user: int = config.DEFAULT_MAX_QUEUED_PER_USER
+    max_stored_per_user: int = config.DEFAULT_MAX_STORED_PER_USER  # argument bytes; 0 = no cap
     orphan_blob_ttl_s: float = config.DEFAULT_ORPHAN_BLOB_TTL_S  # uploads no task used
     auth: bool = True  # False: --no-auth, every caller is the one local user
     tls_cert: str = ""  # PEM files; both set: TLS on the port
@@ -71,7 +72,8 @@ class Hub:
         self.dispatcher = Dispatcher(self.store, self.sessions)
         self.access = Access(self.dispatcher.endpoints, self.dispatcher.functions)
         self.dispatcher.usable = self.access.usable
-        self.blobs = Blobs(self.store, blob_dir(self.config.store_path), self.config.max_payload)
+        self.blobs = Blobs(self.store, blob_dir(self.config.store_path), self.config.max_payload,
+                           self.config.max_stored_per_user)
         self.dispatcher.blobs_released = self._sweep_soon
         self._sweep_due: asyncio.TimerHandle | None = None
         self.guard: Guard | None = None

@@ -173,6 +173,12 @@ class TaskStore(GroupCommitter):
             "WHERE blob_id=?", (blob_id,)).fetchone())
         return BlobRow(*r[:6], bool(r[6])) if r else None
 
+    async def waiting_args_bytes(self, owner: str) -> int:
+        """Bytes of argument blobs `owner` keeps here (results not counted)."""
+        return await self.read(lambda conn: conn.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE owner=? AND task_id=''",
+            (owner,)).fetchone()[0])
+
     async def blob_ids(self) -> set[str]:
         return await self.read(lambda conn: {r[0] for r in conn.execute("SELECT blob_id FROM blobs")})
 
