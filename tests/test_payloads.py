@@ -597,3 +597,24 @@ def test_uploaded_blob_survives_a_hub_restart(local_fabric):
         assert submit(fab.address, pb.TaskSubmission(task_id=tid, function_id=fid,
                                                      args_blob=blob_id), token) == (OK, None)
         assert c.get_result(tid, timeout=60) == expected(data, 100)
+
+
+def test_a_queued_task_with_big_arguments_survives_a_hub_restart(local_fabric):
+    """Held for its (offline) endpoint when the hub is SIGKILLed: the restarted hub
+    reloads it with its blob and its size, and sends it when the endpoint returns."""
+    fab = local_fabric(["a"], workers=1)
+    data = os.urandom(3 * MiB)
+    with Client(fab.address) as c:
+        c.wait_for_endpoints(1, timeout=30)
+        fid = c.register_function(grow)
+        fab.kill_endpoint("a")
+        wait_until(lambda: not c.endpoints()[0].online, 30, "endpoint a offline")
+        tid = c.run(data, 7, function_id=fid, endpoint_id="a")  # pinned: held for a
+        blob_id = task_row(fab, tid)["args_blob"]
+        assert blob_id and blob_id in blob_files(fab)
+    fab.kill_hub()
+    fab.restart_hub()
+    fab.start_endpoint("a")
+    with Client(fab.address) as c:
+        assert c.get_result(tid, timeout=60) == expected(data, 7)
+    wait_until(lambda: blob_id not in blob_files(fab), 10, "its args blob deleted")

@@ -225,7 +225,9 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
             if first is None:
                 raise errors.InvalidRequest("empty upload: the first chunk says what follows")
             self._link_for(first.endpoint_id, first.task_id)
-            t = self.d.tasks[first.task_id]  # in flight: live
+            t = self.d.tasks.get(first.task_id)
+            if t is None:  # (in flight means live; never trust that with a KeyError)
+                raise errors.PermissionDenied(f"task {first.task_id[:80]!r} is not running")
             ref = await self.blobs.receive(first, read, owner=t.owner, task_id=t.task_id)
             if ref.blob_id:
                 if len(self.uploaded) >= MAX_UNCLAIMED:  # results that never came: forget them
