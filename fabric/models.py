@@ -145,18 +145,23 @@ class HubStatus:
     store_path: str = ""
     #: Since the hub started: results, duplicates_dropped, links_lost, requeued, ...
     counters: dict[str, int] = field(default_factory=dict)
+    #: Big payloads (arguments, results over 1 MiB) kept as blobs at the hub.
+    blobs: int = 0
+    blob_bytes: int = 0
 
     def to_proto(self) -> pb.StatusReply:
         return pb.StatusReply(
             version=self.version, uptime_s=self.uptime_s, endpoints_online=self.endpoints_online,
             endpoints_total=self.endpoints_total, tasks_by_state=self.tasks_by_state,
             functions=self.functions, store_path=self.store_path, counters=self.counters,
+            blobs=self.blobs, blob_bytes=self.blob_bytes,
         )
 
     @classmethod
     def from_proto(cls, m: pb.StatusReply) -> "HubStatus":
         return cls(m.version, m.uptime_s, m.endpoints_online, m.endpoints_total,
-                   dict(m.tasks_by_state), m.functions, m.store_path, dict(m.counters))
+                   dict(m.tasks_by_state), m.functions, m.store_path, dict(m.counters),
+                   m.blobs, m.blob_bytes)
 
 
 def error_to_proto(e: ErrorInfo) -> pb.TaskError:

@@ -214,6 +214,7 @@ def test_cli_shows_endpoints_tasks_and_status(fabric_procs):
     assert out.returncode == 0 and "success" in out.stdout
     out = fabric("status")
     assert out.returncode == 0 and "endpoints online" in out.stdout and "2 / 2" in out.stdout
+    assert "big payloads stored" in out.stdout, out.stdout
     bad = subprocess.run([sys.executable, "-m", "fabric", "status", "--hub", "127.0.0.1:1"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "Error" in bad.stderr and "Traceback" not in bad.stderr

@@ -202,6 +202,9 @@ def test_big_arguments_and_results_round_trip_and_their_blobs_are_swept(local_fa
         assert c.get_result(tid, timeout=60) == expected(data, 5 * MiB)
         result_blobs = [b for b, (_, size, t) in blob_rows(fab).items() if t == tid]
         assert len(result_blobs) == 1 and blob_rows(fab)[result_blobs[0]][1] > 5 * MiB
+        status = c.status()  # `fabric status` shows what the caller keeps at the hub
+        assert status.blobs == len(blob_rows(fab))
+        assert status.blob_bytes == sum(size for _, size, _ in blob_rows(fab).values())
         # The args blob goes once the task is done (at once, not after --blob-ttl).
         wait_until(lambda: args_blob not in blob_files(fab), 15, "args blob deleted")
         assert counters(c)["blobs_deleted"] > deleted_before
@@ -226,6 +229,7 @@ def test_big_arguments_and_results_round_trip_and_their_blobs_are_swept(local_fa
         # Every blob goes: args ones at once, result ones once their results are purged.
         wait_until(lambda: not blob_files(fab), 30, "blob directory empty")
         assert not blob_rows(fab)
+        assert (c.status().blobs, c.status().blob_bytes) == (0, 0)
         assert task_row(fab, tid)["state"] is TaskState.PURGED
         assert counters(c)["blobs_deleted"] - deleted_before == made
 

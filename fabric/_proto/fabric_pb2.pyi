@@ -316,7 +316,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("version", "uptime_s", "endpoints_online", "endpoints_total", "tasks_by_state", "functions", "store_path", "counters")
+    __slots__ = ("version", "uptime_s", "endpoints_online", "endpoints_total", "tasks_by_state", "functions", "store_path", "counters", "blobs", "blob_bytes")
     class TasksByStateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -339,6 +339,8 @@ class StatusReply(_message.Message):
     FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     STORE_PATH_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    BLOB_BYTES_FIELD_NUMBER: _ClassVar[int]
     version: str
     uptime_s: float
     endpoints_online: int
@@ -347,7 +349,9 @@ class StatusReply(_message.Message):
     functions: int
     store_path: str
     counters: _containers.ScalarMap[str, int]
-    def __init__(self, version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., endpoints_online: _Optional[int] = ..., endpoints_total: _Optional[int] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., functions: _Optional[int] = ..., store_path: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    blobs: int
+    blob_bytes: int
+    def __init__(self, version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., endpoints_online: _Optional[int] = ..., endpoints_total: _Optional[int] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., functions: _Optional[int] = ..., store_path: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., blobs: _Optional[int] = ..., blob_bytes: _Optional[int] = ...) -> None: ...
 
 class BlobChunk(_message.Message):
     __slots__ = ("data", "size", "sha256", "task_id", "endpoint_id", "check_only")

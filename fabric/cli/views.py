@@ -126,5 +126,6 @@ def status(hub: str) -> None:
     table.add_row("functions", str(s.functions))
     for state in TaskState:
         table.add_row(f"tasks {state.name.lower()}", str(s.tasks_by_state.get(state.name, 0)))
+    table.add_row("big payloads stored", f"{s.blobs} ({s.blob_bytes / 2**20:,.1f} MiB)")
     table.add_row("store", s.store_path)
     console.print(table)

@@ -457,7 +457,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         (admins: the whole hub). The counters are the hub's own operational totals."""
         p = caller()
         everything = p.is_admin
-        by_state, functions = await self.store.counts(None if everything else p.user)
+        by_state, functions, (blobs, blob_bytes) = await self.store.counts(
+            None if everything else p.user)
         visible = [rec for rec in self.d.endpoints.values()
                    if everything or self.access.may_use_endpoint(p.user, rec)]
         return HubStatus(
@@ -466,6 +467,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             endpoints_total=len(visible),
             tasks_by_state={s.name: n for s, n in by_state.items()},
             functions=functions, store_path=self.store.path, counters=dict(self.d.counters),
+            blobs=blobs, blob_bytes=blob_bytes,
         ).to_proto()
 
 

@@ -360,11 +360,13 @@ class TaskStore(GroupCommitter):
             lambda conn: [_task_row(r) for r in conn.execute(sql, (*params, limit))]
         )
 
-    async def counts(self, owner: str | None = None) -> tuple[dict[TaskState, int], int]:
-        """Tasks per state and functions: `owner`'s, or everyone's for None."""
+    async def counts(self, owner: str | None = None
+                     ) -> tuple[dict[TaskState, int], int, tuple[int, int]]:
+        """Tasks per state, functions, and (blobs, their bytes): `owner`'s, or
+        everyone's for None."""
         where, params = ("WHERE owner=?", (owner,)) if owner is not None else ("", ())
 
-        def op(conn: sqlite3.Connection) -> tuple[dict[TaskState, int], int]:
+        def op(conn: sqlite3.Connection) -> tuple[dict[TaskState, int], int, tuple[int, int]]:
             by_state = {
                 TaskState(s): n
                 for s, n in conn.execute(
@@ -372,7 +374,9 @@ class TaskStore(GroupCommitter):
             }
             functions = conn.execute(f"SELECT COUNT(*) FROM functions {where}",
                                      params).fetchone()[0]
-            return by_state, functions
+            blobs = conn.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs {where}",
+                                 params).fetchone()
+            return by_state, functions, tuple(blobs)
 
         return await self.read(op)
 
