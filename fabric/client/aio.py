@@ -195,7 +195,7 @@ class AsyncClient:
     async def _flush(self) -> None:
         try:
             while self._outbox:
-                n = fit(self._outbox, SUBMIT_BATCH, config.MAX_BATCH_BYTES)
+                n = fit(self._outbox, SUBMIT_BATCH, config.MAX_BATCH_BYTES, self.payloads.waiting)
                 batch, self._outbox = self._outbox[:n], self._outbox[n:]
                 by_key: dict[tuple[str, bool], list[Any]] = {}
                 for item in batch:

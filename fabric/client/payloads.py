@@ -18,6 +18,8 @@ from fabric._proto import fabric_pb2 as pb
 from fabric.worker.trace import ON as _TON, trace as _trace
 
 UPLOADS_AT_ONCE = 4  # big arguments uploaded in parallel
+#: Big arguments per Submit: the first tasks go (and run) while later ones upload.
+UPLOAD_BATCH_BYTES = 64 * 1024 * 1024
 
 
 class Payloads:
@@ -29,6 +31,11 @@ class Payloads:
 
     def keep(self, task_id: str, payload: bytes) -> None:
         self._waiting[task_id] = payload
+
+    def waiting(self, task_id: str) -> int:
+        """Bytes of `task_id`'s arguments waiting to be uploaded (0: none)."""
+        payload = self._waiting.get(task_id)
+        return 0 if payload is None else len(payload)
 
     async def upload_args(self, subs: Sequence[pb.TaskSubmission]) -> None:
         """Upload the kept arguments of these submissions; each then names its blob."""
@@ -70,14 +77,15 @@ class Payloads:
         return r
 
 
-def fit(queued: list[Any], most: int, budget: int) -> int:
-    """How many queued submissions from the front make one Submit: at most `most`,
-    with inline arguments within `budget` bytes (at least one). Big arguments wait
-    in Payloads, so they cost nothing here."""
-    n, size = 0, 0
+def fit(queued: list[Any], most: int, budget: int, waiting: Callable[[str], int]) -> int:
+    """How many queued submissions from the front make one Submit (at least one): at
+    most `most`, with inline arguments within `budget` bytes and big ones (`waiting`
+    to be uploaded first) within UPLOAD_BATCH_BYTES."""
+    n, inline, big = 0, 0, 0
     for sub, _, _ in queued[:most]:
-        size += len(sub.args)
-        if n and size > budget:
+        inline += len(sub.args)
+        big += waiting(sub.task_id)
+        if n and (inline > budget or big > UPLOAD_BATCH_BYTES):
             break
         n += 1
     return n
