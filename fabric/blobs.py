@@ -5,9 +5,10 @@ arguments and upload big results. ClientService and EndpointService offer the
 same two calls, so one pair of functions serves both: pass the service's stub.
 
 A blob travels as a stream of `config.BLOB_CHUNK_BYTES` chunks. The first
-chunk declares the whole blob's size and SHA-256: the hub refuses an upload
-that does not match before it hands out an id, and a downloader checks what it
-got against the digest the hub sends. A download that breaks off resumes where
+chunk declares the whole blob's size, and a last, empty one its SHA-256
+(hashed as the chunks go, so hashing overlaps the transfer): the hub refuses
+an upload that does not match before it hands out an id, and a downloader
+checks what it got against the digest the hub sends. A download that breaks off resumes where
 it stopped; an upload starts again (the hub keeps no partial uploads).
 
 The hub's side is `fabric.hub.blobs`.
@@ -29,6 +30,9 @@ from fabric.wire import from_rpc_error, is_backpressure, is_transient
 Metadata = Sequence[tuple[str, str]]
 
 
+#: Chunks this big are hashed on a thread (a thread hop costs about as much as
+#: hashing 64 KiB).
+THREAD_HASH_BYTES = 64 * 1024
 #: Uploads this big or bigger ask the hub first whether it would take them.
 CHECK_FIRST_BYTES = 8 * 1024 * 1024
 
@@ -36,15 +40,6 @@ CHECK_FIRST_BYTES = 8 * 1024 * 1024
 def is_big(payload: bytes) -> bool:
     """Too big to ride inside a task or result message: goes as a blob."""
     return len(payload) > config.INLINE_PAYLOAD_MAX
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-async def digest(data: bytes) -> str:
-    # hashlib releases the GIL on big inputs: on a thread, the loop keeps running.
-    return await asyncio.to_thread(sha256_hex, data) if is_big(data) else sha256_hex(data)
 
 
 def without_value(r: pb.TaskResult) -> pb.TaskResult:
@@ -61,23 +56,46 @@ def without_value(r: pb.TaskResult) -> pb.TaskResult:
     return out
 
 
-async def _chunk_stream(data: bytes, sha256: str, task_id: str,
+async def _chunk_stream(data: bytes, task_id: str,
                         endpoint_id: str) -> AsyncIterator[pb.BlobChunk]:
     # Made lazily, one chunk at a time: a 256 MiB upload never holds a second copy.
+    # Each chunk is hashed on a thread while gRPC sends the one before; the digest
+    # goes last.
     view = memoryview(data)
     step = config.BLOB_CHUNK_BYTES
-    yield pb.BlobChunk(data=bytes(view[:step]), size=len(data), sha256=sha256,
-                       task_id=task_id, endpoint_id=endpoint_id)
+    hashing = _Hasher()
+    first = bytes(view[:step])
+    await hashing.update(first)
+    yield pb.BlobChunk(data=first, size=len(data), task_id=task_id, endpoint_id=endpoint_id)
     for i in range(step, len(data), step):
-        yield pb.BlobChunk(data=bytes(view[i:i + step]))
+        piece = bytes(view[i:i + step])
+        await hashing.update(piece)
+        yield pb.BlobChunk(data=piece)
+    yield pb.BlobChunk(sha256=hashing.hexdigest())
+
+
+class _Hasher:
+    """SHA-256 of a stream of chunks; big chunks are hashed on a thread (hashlib
+    releases the GIL), so the loop keeps moving the transfer meanwhile."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    async def update(self, data: bytes) -> None:
+        if len(data) >= THREAD_HASH_BYTES:
+            await asyncio.to_thread(self._hash.update, data)
+        elif data:
+            self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 async def upload(stub: Any, data: bytes, metadata: Metadata, *, task_id: str = "",
                  endpoint_id: str = "", retry_for: float = 30.0) -> str:
     """Store `data` at the hub; returns its blob id. Retried from the start while the
     hub is unreachable, for up to `retry_for` seconds; other refusals raise at once."""
-    sha = await digest(data)
-    check = pb.BlobChunk(size=len(data), sha256=sha, task_id=task_id, endpoint_id=endpoint_id,
+    check = pb.BlobChunk(size=len(data), task_id=task_id, endpoint_id=endpoint_id,
                          check_only=True)
     deadline = time.monotonic() + retry_for
     delay = 0.05
@@ -90,7 +108,7 @@ async def upload(stub: Any, data: bytes, metadata: Metadata, *, task_id: str = "
                 # soon enough.)
                 await stub.PutBlob(iter([check]), metadata=metadata)
                 checked = True
-            ref = await stub.PutBlob(_chunk_stream(data, sha, task_id, endpoint_id),
+            ref = await stub.PutBlob(_chunk_stream(data, task_id, endpoint_id),
                                      metadata=metadata)
             return ref.blob_id
         except grpc.aio.AioRpcError as exc:
@@ -116,6 +134,7 @@ async def download(stub: Any, blob_id: str, metadata: Metadata, *, task_id: str 
     parts: list[bytes] = []
     got = 0
     size, sha = -1, ""
+    hashing = _Hasher()  # as the chunks arrive: checking overlaps the transfer
     deadline = time.monotonic() + retry_for
     delay = 0.05
     while True:
@@ -129,6 +148,7 @@ async def download(stub: Any, blob_id: str, metadata: Metadata, *, task_id: str 
                 if chunk.data:
                     parts.append(chunk.data)
                     got += len(chunk.data)
+                    await hashing.update(chunk.data)
             break
         except grpc.aio.AioRpcError as exc:
             if not is_transient(exc) or time.monotonic() + delay > deadline:
@@ -136,10 +156,10 @@ async def download(stub: Any, blob_id: str, metadata: Metadata, *, task_id: str 
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
     data = parts[0] if len(parts) == 1 else b"".join(parts)
-    if len(data) != size or await digest(data) != sha:
+    if len(data) != size or hashing.hexdigest() != sha:
         raise errors.PayloadCorrupt(f"blob {blob_id} arrived damaged: {len(data)} bytes "
                                     f"of {size}, or its SHA-256 differs from the upload's")
     return data
 
 
-__all__ = ["without_value", "digest", "download", "is_big", "sha256_hex", "upload"]
+__all__ = ["download", "is_big", "upload", "without_value"]

@@ -113,16 +113,14 @@ class Blobs:
                       task_id: str = "") -> pb.BlobRef:
         """Store the stream that starts with `first` (read the rest with `read`).
         Nothing is kept unless every byte arrived and matches the declared digest."""
-        size, sha = first.size, first.sha256
+        size, sha = first.size, first.sha256  # the digest may come last instead
         if size < 0:  # malformed, not too large
             raise errors.InvalidRequest(f"the first chunk must declare the payload's size "
                                         f"in bytes, not {size}")
         if size > self.max_size:
             raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes; this payload "
                                          f"is {size}")
-        if not SHA256_RE.match(sha):
-            raise errors.InvalidRequest("the first chunk must carry the payload's SHA-256 "
-                                        "(64 lower-case hex digits)")
+        _check_digest(sha)
         if not task_id and self.max_per_user:  # a user's arguments (results never wait)
             waiting = await self.store.waiting_args_bytes(owner)
             if waiting and waiting + size > self.max_per_user:
@@ -153,8 +151,13 @@ class Blobs:
                 chunk = await read()
                 if chunk is None:  # end of stream
                     break
+                if chunk.sha256:
+                    sha = _check_digest(chunk.sha256)
             if got != size:
                 raise errors.InvalidRequest(f"upload ended after {got} of {size} bytes")
+            if not sha:
+                raise errors.InvalidRequest("the upload never said its SHA-256 (first or "
+                                            "last chunk)")
             if sink.digest() != sha:
                 raise errors.InvalidRequest("payload damaged in transit: its SHA-256 differs "
                                             "from the one declared")
@@ -202,6 +205,13 @@ class Blobs:
         if ids:
             await asyncio.to_thread(_unlink_all, [self.dir / i for i in ids])
         return len(ids)
+
+
+def _check_digest(sha: str) -> str:
+    if sha and not SHA256_RE.match(sha):
+        raise errors.InvalidRequest("a chunk's SHA-256 must be 64 lower-case hex digits, "
+                                    f"not {sha[:80]!r}")
+    return sha
 
 
 class _Sink:
