@@ -22,7 +22,6 @@ from fabric.worker.trace import ON as _TON, trace as _trace
 import asyncio
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +35,7 @@ from fabric.endpoint.capabilities import detect, gpu_ids, load_per_core
 from fabric.endpoint.engines import EngineConfig, EngineContext, make_engine
 from fabric.blobs import is_big
 from fabric.endpoint.outbox import Outbox, StateDir
-from fabric.endpoint.protocol import Echoes, fit, pack_outgoing
+from fabric.endpoint.protocol import Echoes, fit, pack_outgoing, reconnect_forever
 from fabric.endpoint.transfers import Transfers
 from fabric.models import error_to_proto
 from fabric.serialize import ErrorInfo
@@ -197,31 +196,26 @@ class Endpoint:
 
     # ------------------------------------------------------------ connection
     async def _connect_forever(self) -> None:
-        backoff = self.config.reconnect_min_s
-        while not self._stopping:
-            try:
-                await self._session()
-                backoff = self.config.reconnect_min_s
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as exc:
-                level = logging.WARNING if self.endpoint_id else logging.INFO
-                log.log(level, "hub %s: %s %s", self.config.hub, exc.code().name, exc.details())
-                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
-                                  grpc.StatusCode.PERMISSION_DENIED):
-                    log.error("hub refused this endpoint: %s", exc.details())
-                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
-                                  grpc.StatusCode.PERMISSION_DENIED):
-                    # Retrying the same token cannot help: stop, and say why.
-                    self.refused = exc.details()
-                    asyncio.ensure_future(self.shutdown())
-                    return
-            except Exception:
-                log.exception("endpoint link failed")
-            self.connected.clear()
-            # Jittered exponential backoff so many endpoints do not reconnect in step.
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, self.config.reconnect_max_s)
+        cfg = self.config
+        await reconnect_forever(
+            self._session, stopping=lambda: self._stopping,
+            backoff_s=(cfg.reconnect_min_s, cfg.reconnect_max_s),
+            refused=self._on_refused, failed=self._link_failed, down=self.connected.clear)
+
+    def _on_refused(self, exc: grpc.aio.AioRpcError) -> None:
+        # Retrying the same token cannot help: stop, and say why.
+        log.error("hub %s refused this endpoint: %s", self.config.hub, exc.details())
+        self.refused = exc.details()
+        asyncio.ensure_future(self.shutdown())
+
+    def _link_failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, grpc.aio.AioRpcError):
+            log.error("endpoint link failed", exc_info=exc)
+            return
+        level = logging.WARNING if self.endpoint_id else logging.INFO
+        log.log(level, "hub %s: %s %s", self.config.hub, exc.code().name, exc.details())
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            log.error("hub refused this endpoint: %s", exc.details())
 
     async def _session(self) -> None:
         cfg = self.config

@@ -1,12 +1,50 @@
 """Pieces of the endpoint side of the link protocol, shared by the real endpoint
 (`fabric.endpoint.agent`) and the simulated one (`fabric.endpoint.simulated`),
-so that both speak it the same way: answering the hub's timing stamps, and
-packing results into outgoing messages.
+so that both speak it the same way: reconnecting, answering the hub's timing
+stamps, and packing results into outgoing messages.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+from typing import Awaitable, Callable
+
+import grpc
+
 from fabric._proto import fabric_pb2 as pb
+
+#: A hub that answers with these will not take the same token next time either.
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+async def reconnect_forever(session: Callable[[], Awaitable[None]], *,
+                            stopping: Callable[[], bool], backoff_s: tuple[float, float],
+                            refused: Callable[[grpc.aio.AioRpcError], None],
+                            failed: Callable[[BaseException], None],
+                            down: Callable[[], None]) -> None:
+    """Run link sessions until `stopping()`: after each one that ends, `down()`, then
+    wait a jittered, doubling backoff (so a thousand endpoints do not return in
+    step) and dial again. A refusal of the token (`refused`) ends it for good;
+    other failures are reported (`failed`) and retried."""
+    low, high = backoff_s
+    backoff = low
+    while not stopping():
+        try:
+            await session()
+            backoff = low
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in REFUSED:
+                refused(exc)
+                return
+            failed(exc)
+        except Exception as exc:  # noqa: BLE001 - a broken link is retried, not fatal
+            failed(exc)
+        down()
+        await asyncio.sleep(backoff * (0.5 + random.random()))
+        backoff = min(backoff * 2, high)
 
 
 class Echoes:
@@ -66,4 +104,4 @@ def fit(results: list[pb.TaskResult], budget: int) -> int:
     return n
 
 
-__all__ = ["Echoes", "fit", "pack_outgoing"]
+__all__ = ["Echoes", "fit", "pack_outgoing", "reconnect_forever"]

@@ -38,7 +38,7 @@ import grpc
 from fabric import __version__, config, credentials, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
-from fabric.endpoint.protocol import Echoes, pack_outgoing
+from fabric.endpoint.protocol import Echoes, pack_outgoing, reconnect_forever
 from fabric.endpoint.capabilities import load_per_core
 from fabric.models import Capabilities
 
@@ -222,26 +222,21 @@ class SimulatedEndpoint:
 
     # ------------------------------------------------------------ connection
     async def _connect_forever(self) -> None:
-        backoff = self.reconnect_min_s
-        while not self._stopping:
-            try:
-                await self._session()
-                backoff = self.reconnect_min_s
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as exc:
-                log.log(logging.WARNING if self.endpoint_id else logging.DEBUG,
-                        "%s: hub %s: %s %s", self.name, self.hub, exc.code().name, exc.details())
-                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
-                                  grpc.StatusCode.PERMISSION_DENIED):
-                    self.refused = exc.details()  # the same token cannot do better next time
-                    self._refused.set()
-                    return
-            except Exception as exc:  # noqa: BLE001 - reconnect, as the agent does
-                log.info("%s: link failed: %r", self.name, exc)
-            self.connected.clear()
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, self.reconnect_max_s)
+        await reconnect_forever(
+            self._session, stopping=lambda: self._stopping,
+            backoff_s=(self.reconnect_min_s, self.reconnect_max_s),
+            refused=self._on_refused, failed=self._link_failed, down=self.connected.clear)
+
+    def _on_refused(self, exc: grpc.aio.AioRpcError) -> None:
+        self.refused = exc.details()  # the same token cannot do better next time
+        self._refused.set()
+
+    def _link_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            log.log(logging.WARNING if self.endpoint_id else logging.DEBUG,
+                    "%s: hub %s: %s %s", self.name, self.hub, exc.code().name, exc.details())
+        else:
+            log.info("%s: link failed: %r", self.name, exc)
 
     async def _session(self) -> None:
         if self._shared_channel is not None:
