@@ -622,3 +622,19 @@ def test_a_queued_task_with_big_arguments_survives_a_hub_restart(local_fabric):
     with Client(fab.address) as c:
         assert c.get_result(tid, timeout=60) == expected(data, 7)
     wait_until(lambda: blob_id not in blob_files(fab), 10, "its args blob deleted")
+
+
+def test_many_inline_results_past_one_message_come_back_whole(fab):
+    """80 results of 900 KB each ride inline (under 1 MiB), 72 MB together: more than
+    one gRPC message may carry (64 MiB). The result stream and GetResults both split
+    them, and the client gets every one."""
+    with Client(fab.address) as c:
+        fid = c.register_function(grow)
+        seeds = [os.urandom(64) for _ in range(80)]
+        ids = c.batch_run(fid, [((s, 900_000), {}) for s in seeds], endpoint_id="house")
+        want = [expected(s, 900_000) for s in seeds]
+        assert c.get_batch_result(ids, timeout=60) == want  # pushed on the result stream
+        assert not [t for t in ids if task_row(fab, t)["value_blob"]]  # all inline
+        assert c.get_batch_result(ids) == want  # asked for: GetResults, in several replies
+        # Waited for again: all 80 are pushed at once on the stream, in several batches.
+        assert c.get_batch_result(ids, timeout=60) == want
