@@ -52,8 +52,6 @@ class Transfers:
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.EndpointServiceStub | None = None
         self._slots = asyncio.Semaphore(CONCURRENT_TRANSFERS)
-        self.fetched = 0
-        self.uploaded = 0
 
     @property
     def stub(self) -> pb_grpc.EndpointServiceStub:
@@ -64,27 +62,6 @@ class Transfers:
             self._stub = pb_grpc.EndpointServiceStub(self._channel)
         return self._stub
 
-    async def fetch(self, blob_id: str, task_id: str, endpoint_id: Callable[[], str | None]) -> bytes:
-        """The arguments of `task_id`, retried until the hub gives them or refuses."""
-        async def attempt() -> bytes:
-            return await blobs.download(self.stub, blob_id, self.metadata, task_id=task_id,
-                                        endpoint_id=endpoint_id() or "", retry_for=ATTEMPT_S)
-
-        data = await self._until_done(attempt, f"arguments of task {task_id}")
-        self.fetched += 1
-        return data
-
-    async def upload(self, value: bytes, task_id: str, endpoint_id: Callable[[], str | None]) -> str:
-        """Store a result's value at the hub; returns the blob id for the result message."""
-        async def attempt() -> str:
-            return await blobs.upload(self.stub, value, self.metadata, task_id=task_id,
-                                      endpoint_id=endpoint_id() or "", retry_for=ATTEMPT_S)
-
-        blob_id = await self._until_done(attempt, f"result of task {task_id}")
-        self.uploaded += 1
-        return blob_id
-
-    # ------------------------------------------------------------ what the agent asks
     async def fetch_args(self, item: WorkItem, blob_id: str,
                          endpoint_id: Callable[[], str | None]) -> WorkItem | WorkResult | None:
         """`item` with its arguments in place; a failed result when they cannot be had
@@ -92,7 +69,10 @@ class Transfers:
         requeued elsewhere while our link was down, or cancelled)."""
         try:
             if _TON: _trace(item.task_id, 'e_fetch')
-            item.args = await self.fetch(blob_id, item.task_id, endpoint_id)
+            item.args = await self._until_done(lambda: blobs.download(
+                self.stub, blob_id, self.metadata, task_id=item.task_id,
+                endpoint_id=endpoint_id() or "", retry_for=ATTEMPT_S),
+                f"arguments of task {item.task_id}")
             if _TON: _trace(item.task_id, 'e_fetched')
         except errors.PermissionDenied:
             return None
@@ -109,7 +89,10 @@ class Transfers:
         so. None when the hub no longer has the task out here: nobody waits for it."""
         try:
             if _TON: _trace(m.task_id, 'e_upload')
-            blob_id = await self.upload(value, m.task_id, endpoint_id)
+            blob_id = await self._until_done(lambda: blobs.upload(
+                self.stub, value, self.metadata, task_id=m.task_id,
+                endpoint_id=endpoint_id() or "", retry_for=ATTEMPT_S),
+                f"result of task {m.task_id}")
             if _TON: _trace(m.task_id, 'e_uploaded')
         except errors.PermissionDenied:
             return None
@@ -126,6 +109,8 @@ class Transfers:
         return wire
 
     async def _until_done(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """`attempt()` (one transfer), again and again while the link is away; a
+        refusal from the hub is raised."""
         delay = 0.05
         async with self._slots:
             while True:
