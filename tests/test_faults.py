@@ -378,17 +378,7 @@ DRIVER = textwrap.dedent('''
     """A client inside the hub's network namespace, driven by JSON lines on stdin."""
     import json, os, sys, time
     from fabric.client import Client
-
-    def mark(ledger, i, sleep_s=0.0):
-        import os, time
-        fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{i} {os.getpid()}\\n".encode())
-        finally:
-            os.close(fd)
-        if sleep_s:
-            time.sleep(sleep_s)
-        return 3 * i + 1
+    from fabric.testing import mark
 
     def plain(r):
         return r if isinstance(r, (int, str)) else f"{type(r).__name__}: {r}"
