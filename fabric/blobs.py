@@ -42,20 +42,6 @@ def is_big(payload: bytes) -> bool:
     return len(payload) > config.INLINE_PAYLOAD_MAX
 
 
-def without_value(r: pb.TaskResult) -> pb.TaskResult:
-    """A copy of `r` minus its value, made without copying the value's bytes."""
-    out = pb.TaskResult()
-    for field in r.DESCRIPTOR.fields:  # (ListFields() would copy the value out)
-        if field.name == "value":
-            continue
-        if field.message_type is not None:
-            if r.HasField(field.name):
-                getattr(out, field.name).CopyFrom(getattr(r, field.name))
-        else:
-            setattr(out, field.name, getattr(r, field.name))
-    return out
-
-
 async def _chunk_stream(data: bytes, task_id: str,
                         endpoint_id: str) -> AsyncIterator[pb.BlobChunk]:
     # Made lazily, one chunk at a time: a 256 MiB upload never holds a second copy.
@@ -162,4 +148,4 @@ async def download(stub: Any, blob_id: str, metadata: Metadata, *, task_id: str 
     return data
 
 
-__all__ = ["download", "is_big", "upload", "without_value"]
+__all__ = ["download", "is_big", "upload"]

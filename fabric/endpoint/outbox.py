@@ -9,8 +9,9 @@ endpoint restart.
 SQLite in WAL mode with synchronous=NORMAL: a commit survives the process
 being killed (only an OS crash can lose the last commits), and costs tens
 of microseconds, paid once per batch of results. A value too big for one
-message (`fabric.blobs.is_big`) goes to a file of its own beside the table
-instead: SQLite writes big rows page by page, ten times slower than a file.
+message (`fabric.blobs.is_big`), which the agent keeps apart from its result
+message, goes to a file of its own beside the table (`save_value`, then the
+row without it): SQLite writes big rows page by page, ten times slower.
 
 The directory is owned by one endpoint process at a time (`StateDir.lock`),
 so two endpoints started with the same name on one machine cannot share it.
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from fabric import config
-from fabric.blobs import is_big, without_value
 from fabric._proto import fabric_pb2 as pb
 from fabric.errors import EndpointBusy
 
@@ -98,14 +98,9 @@ class Outbox:
                 p.unlink(missing_ok=True)
 
     def put(self, results: Sequence[pb.TaskResult]) -> None:
-        """Store results (one transaction). A task's newer result replaces an older one."""
-        rows = []
-        for r in results:
-            if is_big(r.value):
-                if r.task_id not in self._big:
-                    self.save_value(r.task_id, r.value)
-                r = without_value(r)
-            rows.append((r.task_id, r.SerializeToString()))
+        """Store results (one transaction). A task's newer result replaces an older one.
+        A result whose big value went ahead with save_value() comes without it."""
+        rows = [(r.task_id, r.SerializeToString()) for r in results]
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)", rows)
