@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import grpc
 
-from fabric import blobs, config, credentials, errors
+from fabric import config, credentials, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.client.payloads import Payloads, fit
@@ -170,14 +170,12 @@ class AsyncClient:
         """One call, ready to submit. `endpoints` limits where the policy may send it,
         `gpus`/`memory` (bytes) are what it needs there, `deadline` (seconds) is for
         the cheapest policy: the cheapest endpoint predicted to finish it in time."""
-        payload = dumps_args(args, kwargs)
-        big = blobs.is_big(payload)
-        sub = pb.TaskSubmission(task_id=uuid.uuid4().hex, function_id=function_id,
-                                args=b"" if big else payload, endpoint=endpoint_id or "",
+        task_id = uuid.uuid4().hex
+        sub = pb.TaskSubmission(task_id=task_id, function_id=function_id,
+                                args=self.payloads.inline(task_id, dumps_args(args, kwargs)),
+                                endpoint=endpoint_id or "",
                                 walltime_s=walltime, gpus=gpus, memory_bytes=memory,
                                 allowed_endpoints=list(endpoints), deadline_s=deadline or 0.0)
-        if big:
-            self.payloads.keep(sub.task_id, payload)
         if max_retries is not None:
             sub.max_retries = max_retries
         return sub
@@ -488,5 +486,3 @@ class AsyncClient:
             if time.monotonic() > deadline:
                 raise errors.TaskTimeout(f"{len(online)} of {count} endpoints online after {timeout}s")
             await asyncio.sleep(0.05)
-
-

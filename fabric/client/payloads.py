@@ -29,8 +29,13 @@ class Payloads:
         self._retry_for = retry_for
         self._waiting: dict[str, bytes] = {}  # task id -> arguments not uploaded yet
 
-    def keep(self, task_id: str, payload: bytes) -> None:
+    def inline(self, task_id: str, payload: bytes) -> bytes:
+        """What task `task_id`'s submission carries: its `payload`, or nothing when
+        that is too big for a message (it then waits here to be uploaded)."""
+        if not blobs.is_big(payload):
+            return payload
         self._waiting[task_id] = payload
+        return b""
 
     def waiting(self, task_id: str) -> int:
         """Bytes of `task_id`'s arguments waiting to be uploaded (0: none)."""

@@ -338,16 +338,16 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         """Results for a prefix of the ids: as many as fit in one message (at least one)."""
         ids = check_ids(request.task_ids, "task")
         results: list[pb.TaskResult] = []
-        size = 0
+        size, full = 0, False
         for i in range(0, len(ids), RESULTS_PER_READ):
             for r in await self.results(ids[i:i + RESULTS_PER_READ]):
                 size += r.ByteSize()
-                if results and size > config.MAX_BATCH_BYTES:
+                full = bool(results) and size > config.MAX_BATCH_BYTES
+                if full:
                     break
                 results.append(r)
-            else:
-                continue
-            break
+            if full:
+                break
         self.sessions.delivered([r.task_id for r in results if r.state in _FINAL])
         return pb.GetResultsReply(results=results)
 
