@@ -380,10 +380,11 @@ class Endpoint:
 
     def _upload_then_send(self, m: pb.TaskResult) -> None:
         """A value too big for the result message goes to the hub as a blob first."""
+        value = self._values[m.task_id]  # (now: an ack may forget it before the job starts)
+
         async def upload() -> None:
             try:
-                wire = await self.transfers.upload_value(m, self._values[m.task_id],
-                                                         lambda: self.endpoint_id)
+                wire = await self.transfers.upload_value(m, value, lambda: self.endpoint_id)
             finally:
                 self._uploading.pop(m.task_id, None)
             if wire is None:  # the hub no longer has the task out here: nobody waits
