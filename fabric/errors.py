@@ -6,6 +6,7 @@
     ├── PermissionDenied        authenticated, but not allowed
     ├── InvalidRequest          the request itself is malformed
     │   ├── PayloadTooLarge     a function body, argument or result over the limit
+    │   ├── InvalidName         a name (an endpoint's) that cannot be an id and a folder
     │   └── VersionMismatch     function pickled on another Python minor version
     ├── NotFound
     │   ├── FunctionNotFound
@@ -59,6 +60,13 @@ class InvalidRequest(FabricError):
 
 class PayloadTooLarge(InvalidRequest):
     kind = "PAYLOAD_TOO_LARGE"
+
+
+class InvalidName(InvalidRequest):
+    """An endpoint name that is not 1-64 of [A-Za-z0-9._-] starting with a letter or
+    digit: it would not be a safe folder name under $FABRIC_HOME/endpoints."""
+
+    kind = "INVALID_REQUEST"
 
 
 class VersionMismatch(InvalidRequest):
@@ -216,6 +224,7 @@ __all__ = [
     "PermissionDenied",
     "InvalidRequest",
     "PayloadTooLarge",
+    "InvalidName",
     "BlobNotFound",
     "StorageFull",
     "PayloadCorrupt",

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Sequence
 
+from fabric.names import endpoint_dir
+
 LISTENING = re.compile(r"listening on (\S+:\d+)")
 ROOT = Path(__file__).resolve().parents[1]
 #: The user LocalFabric's tokens are issued to (and who owns what its endpoints run).
@@ -47,7 +49,7 @@ def provision_endpoint_token(store: str | Path, home: str | Path, name: str) -> 
     from fabric.credentials import save_token
     from fabric.hub.tokens import TokenBook
 
-    path = Path(home) / "endpoints" / name / "token"
+    path = endpoint_dir(name, home) / "token"
     if path.exists():
         return
     with TokenBook(store) as book:

@@ -77,10 +77,10 @@ def test_configure_list_delete(home):
     listed = runner.invoke(cli, ["endpoint", "list"], terminal_width=200)
     assert "gpu-box" in listed.output and "dask" in listed.output and "stopped" in listed.output
 
-    gone = runner.invoke(cli, ["endpoint", "delete", "gpu-box"])
+    gone = runner.invoke(cli, ["endpoint", "delete", "gpu-box", "--yes"])
     assert gone.exit_code == 0, gone.output
     assert not (home / "endpoints" / "gpu-box").exists()
-    missing = runner.invoke(cli, ["endpoint", "delete", "gpu-box"])
+    missing = runner.invoke(cli, ["endpoint", "delete", "gpu-box", "--yes"])
     assert missing.exit_code == 1 and "no endpoint gpu-box" in missing.output
 
 

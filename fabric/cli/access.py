@@ -21,6 +21,7 @@ from rich.table import Table
 
 from fabric import config
 from fabric.cli.views import HUB_OPTION, _client, _guard, console
+from fabric.names import endpoint_dir, endpoint_pattern
 
 STORE_OPTION = click.option("--store", "store_path", default=None,
                             help="the hub's SQLite file  [default: ~/.fabric/hub.db]")
@@ -61,6 +62,8 @@ def token_create(user: str, kind: str, endpoint: str, ttl: str, save: bool,
     from fabric.credentials import save_token, token_file
     from fabric.hub.tokens import TokenBook
 
+    if kind == "endpoint":
+        endpoint_pattern(endpoint)  # before the store is opened or anything written
     with TokenBook(_store(store_path)) as book:
         tok, info = book.create(user, kind, endpoint, parse_ttl(ttl))
     click.echo(tok)
@@ -69,7 +72,7 @@ def token_create(user: str, kind: str, endpoint: str, ttl: str, save: bool,
                f"expires {expires}", err=True)
     if save:
         if kind == "endpoint" and not endpoint.endswith("*"):
-            path = config.home() / "endpoints" / endpoint / "token"
+            path = endpoint_dir(endpoint) / "token"
         elif kind == "endpoint":
             path = config.home() / "endpoint-token"
         else:

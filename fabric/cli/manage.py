@@ -19,7 +19,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from fabric import config
+from fabric import config, names
 from fabric.errors import BadConfig, FabricError
 
 #: `fabric endpoint start` option -> EndpointConfig field.
@@ -178,22 +178,22 @@ def register(endpoint: click.Group) -> None:
     @click.argument("name")
     @click.option("--force", is_flag=True,
                   help="stop it if it runs, and drop results the hub never acknowledged")
-    def delete(name: str, force: bool) -> None:
-        """Delete endpoint NAME's folder (configuration, outbox, logs)."""
-        from fabric.endpoint import settings, stop_endpoint
+    @click.option("--yes", "-y", is_flag=True, help="do not ask (required when not on a terminal)")
+    def delete(name: str, force: bool, yes: bool) -> None:
+        """Delete endpoint NAME's folder (configuration, outbox, logs) after asking."""
+        from fabric.endpoint import stop_endpoint
         from fabric.endpoint.outbox import Outbox, StateDir
 
-        folder = settings.endpoint_dir(name)
-        if not folder.is_dir():
-            _fail(FabricError(f"no endpoint {name} here ({folder} does not exist)"))
-        state = StateDir(name)
         try:
-            if state.running_pid() is not None:
-                if not force:
-                    raise FabricError(f"endpoint {name} is running; `fabric endpoint stop "
-                                      f"{name}` first (or --force)")
-                stop_endpoint(name)
-            if state.outbox.exists() and not force:
+            folder = names.endpoint_dir(name)  # InvalidName for '..', '', '/x', links
+            if not folder.is_dir():
+                raise FabricError(f"no endpoint {name} here ({folder} does not exist)")
+            state = StateDir(name)
+            running = state.running_pid() is not None
+            if running and not force:
+                raise FabricError(f"endpoint {name} is running; `fabric endpoint stop "
+                                  f"{name}` first (or --force)")
+            if not force and state.outbox.exists():
                 box = Outbox(state.outbox)
                 try:
                     pending = len(box.pending())
@@ -202,8 +202,19 @@ def register(endpoint: click.Group) -> None:
                 if pending:
                     raise FabricError(f"endpoint {name} holds {pending} results the hub never "
                                       "acknowledged; start it to deliver them, or --force")
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise FabricError(f"not deleting {folder} without --yes (there is no "
+                                      "terminal to ask on)")
+                what = " (stopping it first)" if running else ""
+                if not click.confirm(f"delete {folder} and everything in it{what}?"):
+                    raise FabricError("nothing deleted")
+            if running:
+                stop_endpoint(name)
         except FabricError as exc:
             _fail(exc)
+        # rmtree unlinks links inside the folder and never follows them (fd-based on
+        # Linux), so nothing outside the endpoint's own folder can go.
         shutil.rmtree(folder)
         click.echo(f"deleted {folder}")
 

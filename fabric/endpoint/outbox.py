@@ -25,7 +25,7 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from fabric import config
+from fabric import names
 from fabric._proto import fabric_pb2 as pb
 from fabric.errors import EndpointBusy
 
@@ -33,7 +33,9 @@ class StateDir:
     """`$FABRIC_HOME/endpoints/NAME/`: the outbox, the pid file and the lock."""
 
     def __init__(self, name: str, root: str | Path | None = None) -> None:
-        self.path = Path(root) if root else config.home() / "endpoints" / name
+        # An explicit --state-dir is the user's path; a default one is built from the
+        # checked name, so it stays inside $FABRIC_HOME/endpoints.
+        self.path = Path(root) if root else names.endpoint_dir(name)
         self._lock_fd: int | None = None
 
     @property

@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from fabric import config
+from fabric import config, names
 from fabric.endpoint.agent import EndpointConfig
 from fabric.endpoint.engines import EngineConfig
 from fabric.errors import BadConfig, EngineUnavailable
@@ -48,7 +48,7 @@ ENGINE_KEYS: dict[str, type] = {f.name: (dict if f.name == "provider_options" el
 
 
 def endpoint_dir(name: str) -> Path:
-    return config.home() / "endpoints" / name
+    return names.endpoint_dir(name)
 
 
 def config_file(name: str) -> Path:
@@ -147,6 +147,7 @@ def endpoint_config(name: str, file_values: dict[str, Any], overrides: dict[str,
     """File values, then overrides (flags the user gave), into an EndpointConfig.
 
     `overrides` use EndpointConfig field names, `engine_overrides` EngineConfig ones."""
+    names.endpoint_name(name)  # before it names a folder, a log or a daemon
     fields: dict[str, Any] = {}
     for key, value in file_values.items():
         if key == "engine":
@@ -171,7 +172,9 @@ def endpoint_config(name: str, file_values: dict[str, Any], overrides: dict[str,
 
 def configured() -> list[str]:
     """Names of the endpoints with a configuration file or state folder here."""
-    root = config.home() / "endpoints"
+    root = names.endpoints_root()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir())
+    # A folder someone made by hand with a name no endpoint can have is not one.
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink()
+                  and names.ENDPOINT_NAME.fullmatch(p.name))

@@ -31,11 +31,11 @@ from fabric.hub.dispatch import Dispatcher, EndpointRecord, Link
 from fabric.hub.guard import answering, audit_refusal, caller
 from fabric.hub.store import TaskStore
 from fabric.models import Capabilities
+from fabric.names import endpoint_name
 from fabric.wire import ERROR_KEY, to_status
 
 log = logging.getLogger("fabric.hub")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_CREDITS = 1_000_000
 MAX_UNCLAIMED = 10_000  # result blobs awaiting their result, before stale ones are pruned
 
@@ -69,9 +69,10 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
         if first is grpc.aio.EOF or not first.HasField("hello"):
             await self._reject(context, "INVALID_REQUEST", "the first message must be a Hello")
         hello = first.hello
-        if not NAME_RE.match(hello.name):
-            await self._reject(context, "INVALID_REQUEST",
-                               f"bad endpoint name {hello.name[:64]!r}: use 1-64 of [A-Za-z0-9._-]")
+        try:
+            endpoint_name(hello.name)
+        except errors.InvalidName as exc:
+            await self._reject(context, "INVALID_REQUEST", str(exc))
         p = caller()
         if p is not NO_AUTH and not p.may_connect(hello.name):
             exc = errors.PermissionDenied(f"this endpoint token is for endpoint {p.endpoint!r}, "

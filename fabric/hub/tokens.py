@@ -22,6 +22,7 @@ from pathlib import Path
 from fabric import errors
 from fabric.hub import schema
 from fabric.hub.auth import DEFAULT_TTL_S, SigningKey, key_path
+from fabric.names import endpoint_pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,11 @@ class TokenBook:
     def create(self, user: str, kind: str = "user", endpoint: str = "",
                ttl_s: float = DEFAULT_TTL_S) -> tuple[str, TokenInfo]:
         """Issue a token with the hub's key (created if this store has none yet)."""
+        if kind == "endpoint":
+            if not endpoint:
+                raise errors.InvalidRequest("an endpoint token needs the endpoint name it may "
+                                            "connect (--endpoint NAME, PREFIX* or *)")
+            endpoint_pattern(endpoint)  # InvalidName; a name is a folder on the endpoint's side
         key = SigningKey.load_or_create(key_path(self.store_path))
         now = time.time()
         token, p = key.issue(user, kind, endpoint, ttl_s, now)
