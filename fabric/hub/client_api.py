@@ -202,7 +202,10 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                                  self._needs(t, resolved), owner, t.args_blob or None, size))
         if request.fail_if_offline and not self.d.links and any(t.requested is None for t in live):
             raise errors.NoEligibleEndpoint("no endpoint is online")
-        # Resubmitting an id that is already live is a no-op (idempotent retries).
+        # Resubmitting an id that is already live is a no-op (idempotent retries), but
+        # this session wants its result too (its owner was checked above).
+        if session_id:
+            self.sessions.watch(session_id, (t.task_id for t in live if t.task_id in self.d.tasks))
         live = [t for t in live if t.task_id not in self.d.tasks]
         queued = self.d.unfinished_by.get(owner, 0)
         if live and queued >= self.max_queued:
@@ -223,20 +226,21 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                      t.args_blob)
                     for t in live]
             if _TON: _trace(request.tasks[0].task_id, 'h_insert')
-            existing = await self.store.insert_tasks(rows)  # acknowledged only once committed
-            if _TON: _trace(request.tasks[0].task_id, 'h_inserted')
+            stored = self.store.insert_tasks(rows)
         except BaseException:
             self.d.unroute(live)  # nothing was stored: nothing may stay counted
             raise
+        # What the commit stored is queued when it commits, whatever becomes of this
+        # call: a client killed mid-batch cancels the await, not the commit.
+        stored.add_done_callback(functools.partial(self._queue_stored, live, session_id))
+        existing = await asyncio.shield(stored)  # acknowledged only once committed
+        if _TON: _trace(request.tasks[0].task_id, 'h_inserted')
         foreign: dict[str, str] = {}
         if existing:  # stored before (a retried Submit), or another user's id
             rows = await self.store.get_tasks(list(existing))
             foreign = {tid: row.owner for tid, row in rows.items() if row.owner != owner}
-        if session_id:  # interest before the tasks can run; never in another user's task
-            self.sessions.watch(session_id, (t.task_id for t in request.tasks
-                                             if t.task_id not in foreign))
-        self.d.unroute(t for t in live if t.task_id in existing)
-        self.d.enqueue(t for t in live if t.task_id not in existing)
+            if session_id:  # never interest in another user's task
+                self.sessions.watch(session_id, (tid for tid in existing if tid not in foreign))
         for tid, other in foreign.items():
             self.access.check_task(p, tid, other)  # PermissionDenied
         if existing:
@@ -244,6 +248,20 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             await self._push_known(session_id, list(existing))
         if _TON: _trace(request.tasks[0].task_id, 'h_submit_out')
         return pb.SubmitReply(task_ids=[t.task_id for t in request.tasks])
+
+    def _queue_stored(self, live: list[LiveTask], session_id: str,
+                      stored: asyncio.Future[set[str]]) -> None:
+        """The insert finished: queue what it stored (ids stored before are not ours to
+        queue again), release the charges of the rest."""
+        if stored.cancelled() or stored.exception() is not None:
+            self.d.unroute(live)  # nothing was stored: nothing may stay counted
+            return
+        existing = stored.result()
+        new = [t for t in live if t.task_id not in existing]
+        if session_id:  # interest before the tasks can run
+            self.sessions.watch(session_id, (t.task_id for t in new))
+        self.d.unroute(t for t in live if t.task_id in existing)
+        self.d.enqueue(new)
 
     async def _args_blob_size(self, t: pb.TaskSubmission, owner: str) -> int:
         """Arguments uploaded as a blob: the caller's own, and nothing inline besides."""
