@@ -58,6 +58,15 @@ DEFAULT_MAX_AGE_S = 30 * 24 * 3600.0
 #: "purged" tombstones are deleted this long after purging (then: unknown task id).
 DEFAULT_FORGET_AFTER_S = 90 * 24 * 3600.0
 
+#: A connection that has not finished its HTTP/2 (and TLS) handshake this long after
+#: it was accepted is closed: sockets that never speak must not hold the hub's
+#: file descriptors (500 of them once kept new clients out).
+DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+#: A connection with no call in flight for this long is closed (GOAWAY); a client
+#: that was only quiet reconnects on its next call without noticing. Endpoint links
+#: are long-lived calls, so they are never idle.
+DEFAULT_IDLE_CONNECTION_S = 300.0
+
 #: Reruns of a task whose worker died (segfault, OOM kill, os._exit) before it fails.
 DEFAULT_MAX_RETRIES = 1
 

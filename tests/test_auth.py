@@ -259,7 +259,7 @@ def test_revoking_a_token_ends_its_open_streams(fab):
         assert "revoked" in info.value.details()
     # The endpoint's stream was ended too; it is refused on reconnect and exits saying why.
     assert doomed.proc.wait(30) == 1
-    doomed.wait_for("refused its token: token revoked", 1)
+    doomed.wait_for("the hub refused it: token revoked", 1)
     assert _status(fab.address, user_token) == (grpc.StatusCode.UNAUTHENTICATED, "AUTH_FAILED")
 
 

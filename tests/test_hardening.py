@@ -8,15 +8,19 @@ its fix (issue 13) and passes after.
 
 from __future__ import annotations
 
+import select
+import socket
 import sys
 import textwrap
 
+import psutil
 import pytest
 
 from fabric.client import Client
 from fabric.launch import spawn_command
+from fabric.names import endpoint_dir
 from fabric.states import TaskState
-from fabric.testing import wait_until
+from fabric.testing import value_of, wait_until
 
 pytestmark = pytest.mark.processes
 
@@ -65,3 +69,77 @@ def test_a_client_killed_mid_batch_run_leaves_nothing_queued(local_fabric):
             120, "every stored task to finish")
         assert set(states) == {TaskState.SUCCESS.name}, states
         assert states[TaskState.SUCCESS.name] >= submitted
+
+
+def test_silent_connections_are_closed_and_do_not_lock_clients_out(local_fabric):
+    """500 sockets that never speak (and a few that only say the HTTP/2 preface),
+    against a hub whose file limit they exceed: the hub closes them all within its
+    handshake and idle bounds, and a client runs tasks meanwhile."""
+    fab = local_fabric(["solo"], hub_args=("--handshake-timeout", "1", "--idle-timeout", "2"))
+    with Client(fab.address) as c:
+        c.wait_for_endpoints(1, timeout=60)
+        fid = c.register_function(value_of)
+    hub = psutil.Process(fab.hub.pid)
+    limit = hub.num_fds() + 100
+    hub.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
+    silent = [socket.create_connection(("127.0.0.1", fab.port)) for _ in range(500)]
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+    idle = [socket.create_connection(("127.0.0.1", fab.port)) for _ in range(5)]
+    for s in idle:
+        s.sendall(preface)
+    try:
+        with Client(fab.address) as c:  # a new client, behind the silent ones
+            ids = c.batch_run(fid, [((i,), {}) for i in range(20)], endpoint_id="solo")
+            assert c.get_batch_result(ids, timeout=120) == [value_of(i) for i in range(20)]
+        still_open = set(silent + idle)
+
+        def all_closed() -> bool:
+            readable, _, _ = select.select(list(still_open), [], [], 0)
+            for s in readable:
+                try:
+                    if not s.recv(65536):
+                        still_open.discard(s)
+                except ConnectionError:
+                    still_open.discard(s)
+            return not still_open
+
+        wait_until(all_closed, 60, "the hub to close every silent and idle connection")
+    finally:
+        for s in silent + idle:
+            s.close()
+    fab.hub.wait_for("file descriptors in use", 30)  # and it said why clients waited
+
+
+def test_an_endpoint_the_hub_refuses_exits_with_the_reason(local_fabric):
+    """The hub refuses an endpoint whose allow-list is over its limit: retrying the
+    same Hello cannot help, so the endpoint stops and says why (it used to retry
+    forever)."""
+    fab = local_fabric([])
+    folder = endpoint_dir("picky", fab.home)
+    folder.mkdir(parents=True)
+    many = ", ".join(f'"f{i}"' for i in range(100_001))
+    (folder / "config.toml").write_text(f"allow_functions = [{many}]\n")
+    child = fab.start_endpoint("picky")
+    assert child.proc.wait(60) == 1, child.tail(20)
+    child.wait_for("stopped: the hub refused it: allow-list too long", 1)
+    assert len([line for line in child.lines if "allow-list too long" in line]) <= 2
+
+
+@pytest.mark.parametrize("store, message", [
+    ("postgresql://user@localhost/fabric", "SQLite stores only"),
+    ("postgresql:/user@localhost/fabric", "SQLite stores only"),
+    ("mysql://localhost/db", "unknown kind of store 'mysql'"),
+    ("{tmp}", "is a folder"),
+    ("{tmp}/notes.txt", "is not a SQLite database"),
+])
+def test_a_store_the_hub_cannot_open_is_a_precise_error_at_start(tmp_path, store, message):
+    (tmp_path / "notes.txt").write_text("not a database\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    child = spawn_command("hub", [sys.executable, "-m", "fabric", "hub", "--port", "0",
+                                  "--store", store.format(tmp=tmp_path)],
+                          env={"FABRIC_HOME": str(tmp_path / "home")})
+    assert child.proc.wait(60) == 2  # a usage error, before anything is opened
+    child.wait_for(message, 1)
+    assert not any("Traceback" in line for line in child.lines), child.tail(20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no postgresql:/ folder
+    assert (tmp_path / "notes.txt").read_text() == "not a database\n"

@@ -21,7 +21,7 @@ import click
 
 from fabric import __version__, config
 
-from fabric.cli.access import endpoint_share, function, token
+from fabric.cli.access import checked_store, endpoint_share, function, token
 from fabric.cli.manage import engine_options, register as _register_management
 from fabric.cli.views import HUB_OPTION, endpoints, status, tasks
 
@@ -42,7 +42,8 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface to listen on")
 @click.option("--port", default=config.DEFAULT_PORT, show_default=True, type=int,
               help="port to listen on (0 = any free port)")
-@click.option("--store", "store_path", default=None, help="SQLite file  [default: ~/.fabric/hub.db]")
+@click.option("--store", "store_path", default=None, callback=checked_store,
+              help="SQLite file (or sqlite:///PATH)  [default: ~/.fabric/hub.db]")
 @click.option("--max-payload", default=config.DEFAULT_MAX_PAYLOAD, show_default=True, type=int,
               help="largest argument or result in bytes (those over 1 MiB move in chunks "
                    "and are kept as files beside the store); function bodies stop at 32 MiB")
@@ -70,11 +71,17 @@ def main() -> None:
                    "loopback only")
 @click.option("--tls-cert", default="", help="PEM certificate chain: serve TLS (with --tls-key)")
 @click.option("--tls-key", default="", help="PEM private key of --tls-cert")
+@click.option("--handshake-timeout", default=config.DEFAULT_HANDSHAKE_TIMEOUT_S,
+              show_default=True, type=click.FloatRange(min=0.1),
+              help="close a connection that has not finished its handshake in this many seconds")
+@click.option("--idle-timeout", default=config.DEFAULT_IDLE_CONNECTION_S, show_default=True,
+              type=click.FloatRange(min=0.1),
+              help="close a connection with no call for this many seconds (clients reconnect)")
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def hub(host: str, port: int, store_path: str | None, max_payload: int, heartbeat: float,
         heartbeat_misses: int, retention: float, max_age: float, max_queued_per_user: int,
         max_stored_per_user: int, blob_ttl: float, no_auth: bool, tls_cert: str,
-        tls_key: str, verbose: int) -> None:
+        tls_key: str, handshake_timeout: float, idle_timeout: float, verbose: int) -> None:
     """Run a hub in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
     Every call needs a token (`fabric token create`), unless --no-auth."""
@@ -98,7 +105,8 @@ def hub(host: str, port: int, store_path: str | None, max_payload: int, heartbea
                     heartbeat_misses=heartbeat_misses, retention_s=retention, max_age_s=max_age,
                     max_queued_per_user=max_queued_per_user, orphan_blob_ttl_s=blob_ttl,
                     max_stored_per_user=max_stored_per_user,
-                    auth=not no_auth, tls_cert=tls_cert, tls_key=tls_key)
+                    auth=not no_auth, tls_cert=tls_cert, tls_key=tls_key,
+                    handshake_timeout_s=handshake_timeout, idle_connection_s=idle_timeout)
     if store_path:
         cfg.store_path = store_path
     run_hub(cfg)

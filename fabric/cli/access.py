@@ -19,11 +19,23 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from fabric import config
+from fabric import config, errors
 from fabric.cli.views import HUB_OPTION, _client, _guard, console
 from fabric.names import endpoint_dir, endpoint_pattern
 
-STORE_OPTION = click.option("--store", "store_path", default=None,
+def checked_store(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A --store value the hub can open (a precise error, not a file at a URL's path)."""
+    from fabric.hub.location import store_path
+
+    if value is None:
+        return None
+    try:
+        return store_path(value)
+    except errors.BadConfig as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+STORE_OPTION = click.option("--store", "store_path", default=None, callback=checked_store,
                             help="the hub's SQLite file  [default: ~/.fabric/hub.db]")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

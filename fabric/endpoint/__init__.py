@@ -38,7 +38,7 @@ def run_endpoint(cfg: EndpointConfig) -> None:
               f"pid {os.getpid()}, state {ep.state.path}", flush=True)
         await ep.wait_closed()
         if ep.refused:
-            print(f"fabric endpoint {cfg.name} stopped: the hub refused its token: {ep.refused}",
+            print(f"fabric endpoint {cfg.name} stopped: the hub refused it: {ep.refused}",
                   flush=True)
             return 1
         print(f"fabric endpoint {cfg.name} stopped", flush=True)

@@ -214,8 +214,6 @@ class Endpoint:
             return
         level = logging.WARNING if self.endpoint_id else logging.INFO
         log.log(level, "hub %s: %s %s", self.config.hub, exc.code().name, exc.details())
-        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-            log.error("hub refused this endpoint: %s", exc.details())
 
     async def _session(self) -> None:
         cfg = self.config

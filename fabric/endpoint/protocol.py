@@ -14,8 +14,11 @@ import grpc
 
 from fabric._proto import fabric_pb2 as pb
 
-#: A hub that answers with these will not take the same token next time either.
-REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+#: A hub that answers with these will not take the same endpoint next time either: its
+#: token (UNAUTHENTICATED, PERMISSION_DENIED) or what it says of itself (INVALID_ARGUMENT:
+#: a name or an allow-list the hub refuses) would be the same on every retry.
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+           grpc.StatusCode.INVALID_ARGUMENT)
 
 
 async def reconnect_forever(session: Callable[[], Awaitable[None]], *,
@@ -25,8 +28,8 @@ async def reconnect_forever(session: Callable[[], Awaitable[None]], *,
                             down: Callable[[], None]) -> None:
     """Run link sessions until `stopping()`: after each one that ends, `down()`, then
     wait a jittered, doubling backoff (so a thousand endpoints do not return in
-    step) and dial again. A refusal of the token (`refused`) ends it for good;
-    other failures are reported (`failed`) and retried."""
+    step) and dial again. A permanent refusal (`refused`: the token, the name) ends
+    it for good; other failures are reported (`failed`) and retried."""
     low, high = backoff_s
     backoff = low
     while not stopping():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import psutil
 
 from fabric import __version__, config
 from fabric._proto import fabric_pb2_grpc as pb_grpc
@@ -27,6 +29,7 @@ from fabric.hub.client_api import ClientApi
 from fabric.hub.dispatch import Dispatcher, EndpointRecord, LiveTask, Needs
 from fabric.hub.endpoint_api import EndpointApi
 from fabric.hub.guard import Guard
+from fabric.hub.location import store_path
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import TaskStore
 from fabric.hub.tokens import TokenBook
@@ -38,6 +41,10 @@ log = logging.getLogger("fabric.hub")
 REVOCATION_POLL_S = 1.0
 #: Finished tasks' argument blobs are deleted this soon after (batched).
 SWEEP_AFTER_S = 1.0
+#: How often the hub counts its open file descriptors, and the share of the limit
+#: at which it warns.
+FD_CHECK_S = 1.0
+FD_WARN_AT = 0.9
 
 
 @dataclass
@@ -57,6 +64,8 @@ class HubConfig:
     auth: bool = True  # False: --no-auth, every caller is the one local user
     tls_cert: str = ""  # PEM files; both set: TLS on the port
     tls_key: str = ""
+    handshake_timeout_s: float = config.DEFAULT_HANDSHAKE_TIMEOUT_S
+    idle_connection_s: float = config.DEFAULT_IDLE_CONNECTION_S
 
     @property
     def silent_after(self) -> float:
@@ -67,6 +76,7 @@ class HubConfig:
 class Hub:
     def __init__(self, cfg: HubConfig | None = None) -> None:
         self.config = cfg or HubConfig()
+        self.config.store_path = store_path(self.config.store_path)  # BadConfig saying why
         self.store = TaskStore(self.config.store_path)
         self.sessions = Sessions(on_delivered=lambda ids: self.store.mark_collected(ids, time.time()))
         self.dispatcher = Dispatcher(self.store, self.sessions)
@@ -107,6 +117,9 @@ class Hub:
             # Endpoints ping idle streams; allow it rather than sending GOAWAY.
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
             ("grpc.http2.max_ping_strikes", 0),
+            # Connections that never speak, or stay without a call, are closed.
+            ("grpc.server_handshake_timeout_ms", int(cfg.handshake_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", int(cfg.idle_connection_s * 1000)),
         ])
         pb_grpc.add_ClientServiceServicer_to_server(
             ClientApi(self.dispatcher, self.store, self.sessions, self.access, self.blobs,
@@ -128,11 +141,14 @@ class Hub:
         self._background = [asyncio.create_task(self._watch_links()),
                             asyncio.create_task(self._reconcile_after_restart()),
                             asyncio.create_task(self._purge_forever())]
+        self._background.append(asyncio.create_task(self._watch_descriptors()))
         if cfg.auth:
             self._background.append(asyncio.create_task(self._watch_revocations()))
         for job in self._background:
             job.add_done_callback(_report_death)
-        log.info("hub listening on %s (store %s)", self.address, cfg.store_path)
+        log.info("hub listening on %s (store %s); closing connections that do not finish "
+                 "their handshake within %gs or carry no call for %gs", self.address,
+                 cfg.store_path, cfg.handshake_timeout_s, cfg.idle_connection_s)
         return self
 
     async def _reload(self) -> None:
@@ -246,6 +262,27 @@ class Hub:
                 assert self._endpoint_api is not None
                 self._endpoint_api.drop(link)
 
+    async def _watch_descriptors(self) -> None:
+        """Say so in the log when connections near the file-descriptor limit: past it,
+        new clients and endpoints wait to be accepted (gRPC retries the accept)."""
+        me = psutil.Process()
+        crowded = False
+        while True:
+            await asyncio.sleep(FD_CHECK_S)
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            try:
+                used = me.num_fds()
+            except OSError:  # counting takes a descriptor too: there is none left
+                used = limit
+            if not crowded and used >= FD_WARN_AT * limit:
+                log.warning("%d of %d file descriptors in use: new connections may wait; "
+                            "idle and silent ones are closed after %gs / %gs", used, limit,
+                            self.config.idle_connection_s, self.config.handshake_timeout_s)
+                crowded = True
+            elif crowded and used < FD_WARN_AT * limit * 0.8:
+                log.info("%d of %d file descriptors in use again", used, limit)
+                crowded = False
+
     async def wait_closed(self) -> None:
         await self._stopped.wait()
 
@@ -289,6 +326,11 @@ def run_hub(cfg: HubConfig) -> None:
     import signal
 
     from fabric.loop import run
+
+    # One connection per endpoint and client: take all the descriptors we may have.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     async def main() -> None:
         hub = Hub(cfg)
