@@ -228,6 +228,9 @@ def endpoint_simulate(hub: str, count: int, workers: int, runtime: float, prefet
         _logging(0)
         logging.getLogger("fabric").setLevel(logging.WARNING)
     try:
+        from fabric.names import endpoint_name
+
+        endpoint_name(f"{prefix}-{count - 1:05d}")  # the names the hub will be asked for
         simulate(hub, count, workers, runtime, prefetch=prefetch, min_grant=min_grant,
                  prefix=prefix, channels=channels, connect_timeout=connect_timeout, token=token)
     except (TimeoutError, FabricError) as exc:
