@@ -89,10 +89,11 @@ class Finisher:
 
     def owe_ack(self, task_id: str, endpoint_id: str) -> bool:
         """A repeat of a result for `task_id`, from `endpoint_id`: if this task's
-        outcome is not stored yet, acknowledge the repeat with it (True); False
-        when nothing is pending for it here."""
+        result is not stored yet, acknowledge the repeat with it (True). False when
+        no endpoint's result is pending for it here (stored, or the hub's own
+        outcome, a cancellation, which the repeat cannot replace)."""
         o = self.pending.get(task_id)
-        if o is None:
+        if o is None or not o.ack_to:
             return False
         o.ack_to.add(endpoint_id)
         return True
@@ -115,6 +116,8 @@ class Finisher:
 
     # ------------------------------------------------------------ storing
     def _write(self, batch: list[Outcome]) -> None:
+        if self._closed:  # shutting down: the endpoints send them to the next hub
+            return
         try:
             self._budget.spend(sum(o.size for o in batch), result=True)
         except errors.StorageFull as exc:
