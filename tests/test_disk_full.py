@@ -236,24 +236,28 @@ def test_small_arguments_fill_the_disk_cleanly_and_everything_taken_completes(
     patient_errors: list[BaseException] = []
     delivered: list[float] = []  # when a waiting client got each result
     try:
-        with Client(fab.address, retry_timeout=1.0) as c, Client(fab.address) as watcher:
+        with Client(fab.address) as c, Client(fab.address) as watcher:
             fid = c.register_function(gated)
             # 1. Fill it with small inline arguments, no endpoint yet: they stay queued.
+            # (An impatient user: a refusal is retried for a second, then raised.)
             taken: dict[str, int] = {}
             refused: BaseException | None = None
-            for i in range(400):  # 200 MB: four times the disk
-                try:
-                    tid = c.run(str(ledger), i, str(gate), os.urandom(ARG), function_id=fid)
-                except errors.FabricError as exc:
-                    refused = exc
-                    break
-                taken[tid] = i
+            with Client(fab.address, retry_timeout=1.0) as impatient:
+                for i in range(400):  # 200 MB: four times the disk
+                    try:
+                        tid = impatient.run(str(ledger), i, str(gate), os.urandom(ARG),
+                                            function_id=fid)
+                    except errors.FabricError as exc:
+                        refused = exc
+                        break
+                    taken[tid] = i
             assert isinstance(refused, errors.StorageFull), repr(refused)
             assert "UNKNOWN" not in str(refused) and "sqlite" not in str(refused).lower()
             assert len(taken) > 40, "the hub refused long before its disk was full"
             watcher.aio.result_observer = lambda r: delivered.append(time.monotonic())
             watching = threading.Thread(target=watcher.get_batch_result, args=(list(taken),),
-                                        kwargs={"timeout": 90, "return_exceptions": True})
+                                        kwargs={"timeout": 90, "return_exceptions": True},
+                                        daemon=True)
             watching.start()
 
             # 2. A patient user's batch meets the full disk: it waits, it does not crash.
@@ -268,7 +272,7 @@ def test_small_arguments_fill_the_disk_cleanly_and_everything_taken_completes(
                 except BaseException as exc:  # noqa: BLE001 - checked below
                     patient_errors.append(exc)
 
-            waiter = threading.Thread(target=patient)
+            waiter = threading.Thread(target=patient, daemon=True)
             waiter.start()
             wait_until(lambda: _counter(c, "storage_full") > seen, 30,
                        "the patient batch to be refused for room")
