@@ -7,7 +7,10 @@ then by someone else's file. Executions are counted in a ledger outside the
 tmpfs (`fabric.testing.mark`), so "exactly once" is observed, not assumed.
 
 Two tiers: the store on a full disk in this process (what SQLite does when a
-write does not fit), and a real hub and endpoint as processes.
+write does not fit, and that dropping arguments frees room), and a real hub
+and endpoint as processes: small arguments fill the disk (issue 13, defect 3),
+a big result meets a small disk (defect 4), and a hub stops while it holds
+results it had no room for.
 """
 
 from __future__ import annotations
