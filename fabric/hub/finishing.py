@@ -152,13 +152,15 @@ class Finisher:
     def _hold(self, batch: list[Outcome], exc: BaseException | None) -> None:
         self._held.extend(batch)
         self._counters["results_held"] += sum(1 for o in batch if o.ack_to)
-        if self._stalled_since is None:
+        if self._stalled_since is None:  # said once per stall, not at every retry
             self._stalled_since = time.monotonic()
-            log.warning("no room to store %d results (%s): their endpoints keep them and "
-                        "the hub retries; no new tasks are sent until they are stored",
-                        len(batch), exc)
-        if exc is not None and not isinstance(exc, errors.StorageFull):
-            log.error("storing %d results failed; retrying", len(batch), exc_info=exc)
+            if exc is None or isinstance(exc, errors.StorageFull):
+                log.warning("no room to store %d results (%s): their endpoints keep them "
+                            "and the hub retries; no new tasks are sent until they are "
+                            "stored", len(batch), exc)
+            else:
+                log.error("storing %d results failed; their endpoints keep them and the "
+                          "hub retries", len(batch), exc_info=exc)
         if self._retry is None and not self._closed:
             self._retry = asyncio.get_running_loop().call_later(self._delay, self._try_again)
             self._delay = min(self._delay * 2, RETRY_MAX_S)
