@@ -25,7 +25,7 @@ import grpc
 
 from fabric import config, errors
 from fabric._proto import fabric_pb2 as pb
-from fabric.wire import from_rpc_error, is_backpressure, is_transient
+from fabric.wire import from_rpc_error, is_backpressure, is_storage_full, is_transient
 
 Metadata = Sequence[tuple[str, str]]
 
@@ -106,7 +106,8 @@ async def upload(stub: Any, data: bytes, metadata: Metadata, *, task_id: str = "
                 # grpc.aio can report a refusal that arrives mid-upload as INTERNAL
                 # (grpc/grpc#36066): check again, which gets the hub's real answer.
                 checked = False
-            elif not is_transient(exc) or late:
+            elif not (is_transient(exc) or is_storage_full(exc)) or late:
+                # (No room at the hub: retried as long as an unreachable hub is.)
                 raise from_rpc_error(exc) from None
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)

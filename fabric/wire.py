@@ -78,6 +78,12 @@ def is_backpressure(exc: grpc.RpcError) -> bool:
     return _kind(exc) == "QUEUE_FULL"
 
 
+def is_storage_full(exc: grpc.RpcError) -> bool:
+    """The hub's disk has no room now: worth retrying for a while (space may be
+    freed), then StorageFull for the caller to decide."""
+    return _kind(exc) == errors.StorageFull.kind
+
+
 def _kind(exc: grpc.RpcError) -> str | None:
     try:
         for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]

@@ -33,7 +33,7 @@ from fabric.client.results import is_final, outcome
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
 from fabric.serialize import dumps_args, dumps_function, function_name
 from fabric.states import TaskState
-from fabric.wire import from_kind, from_rpc_error, is_backpressure, is_transient
+from fabric.wire import from_kind, from_rpc_error, is_backpressure, is_storage_full, is_transient
 
 log = logging.getLogger("fabric.client")
 ResultListener = Callable[[pb.TaskResult], bool]
@@ -95,19 +95,27 @@ class AsyncClient:
         return self._stub
 
     async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        """One unary call, retried while the hub is unreachable (every call is idempotent)."""
+        """One unary call, retried while the hub is unreachable (every call is idempotent),
+        and while its disk is full: for up to `retry_timeout` each (space may be freed
+        meanwhile; a batch slows down rather than fails), then StorageFull."""
         deadline = time.monotonic() + self.retry_timeout
         delay = 0.05
+        said = False
         while True:
             try:
                 return await getattr(self.stub, method)(request, timeout=timeout,
                                                         metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
+                full = is_storage_full(exc)
                 if is_backpressure(exc):
                     # The hub is up and asks us to wait (our queue is full): not an error.
                     deadline = time.monotonic() + self.retry_timeout
-                elif not is_transient(exc) or time.monotonic() + delay > deadline:
+                elif not (is_transient(exc) or full) or time.monotonic() + delay > deadline:
                     raise from_rpc_error(exc, self.address) from None
+                if full and not said:
+                    log.warning("%s: the hub's disk is full; retrying for up to %.0fs",
+                                method, self.retry_timeout)
+                    said = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -249,7 +257,7 @@ class AsyncClient:
                     self._stream_supported = False  # an older hub
                 reply = None
             if reply is not None and reply is not grpc.aio.EOF:
-                if reply.error_kind == errors.QueueFull.kind:
+                if reply.error_kind in (errors.QueueFull.kind, errors.StorageFull.kind):
                     # Backpressure, not an error: the unary path waits and retries.
                     return await self._call("Submit", req)
                 if reply.error_kind:

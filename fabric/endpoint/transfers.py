@@ -8,9 +8,11 @@ here first, and the result message names the blob.
 
 Transfers use a connection of their own, so a 200 MB download never queues
 heartbeats or other tasks behind it on the link's TCP connection. While the
-hub is away (or the link is down) a transfer waits and retries; what the hub
-refuses outright (the task went elsewhere, the payload is too big) is final
-and raised as the FabricError it is.
+hub is away (or the link is down) a transfer waits and retries, and so does a
+result the hub has no disk space for yet (it stays in the outbox meanwhile:
+the task already ran, so it is held, never failed); what the hub refuses
+outright (the task went elsewhere, the payload is too big) is final and
+raised as the FabricError it is.
 
 Lifecycle: made by the agent at start, `await close()` at shutdown.
 """
@@ -42,6 +44,10 @@ CONCURRENT_TRANSFERS = 4
 ATTEMPT_S = 10.0
 #: A link that is reconnecting: the hub does not know us yet, retry.
 _WAIT_FOR_LINK = (errors.EndpointOffline, errors.HubUnavailable)
+#: The hub's disk is full: it takes the payload once space is freed.
+_WAIT_FOR_ROOM = (errors.StorageFull,)
+#: Longest wait between two tries.
+RETRY_MAX_S = 2.0
 
 
 class Transfers:
@@ -85,8 +91,9 @@ class Transfers:
     async def upload_value(self, m: pb.TaskResult, value: bytes,
                            endpoint_id: Callable[[], str | None]) -> pb.TaskResult | None:
         """The message for result `m` (whose big `value` is kept apart): naming the
-        uploaded blob, or, if the hub refused it (too big, disk full), a failure saying
-        so. None when the hub no longer has the task out here: nobody waits for it."""
+        uploaded blob (after waiting, as long as it takes, for the hub to have room),
+        or, if the hub refused it (too big), a failure saying so. None when the hub
+        no longer has the task out here: nobody waits for it."""
         try:
             if _TON: _trace(m.task_id, 'e_upload')
             blob_id = await self._until_done(lambda: blobs.upload(
@@ -112,14 +119,19 @@ class Transfers:
         """`attempt()` (one transfer), again and again while the link is away; a
         refusal from the hub is raised."""
         delay = 0.05
-        async with self._slots:
-            while True:
-                try:
+        said = False
+        while True:
+            try:
+                async with self._slots:  # (not held while waiting: others may go)
                     return await attempt()
-                except _WAIT_FOR_LINK as exc:
-                    log.debug("%s: %s; retrying", what, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            except _WAIT_FOR_LINK as exc:
+                log.debug("%s: %s; retrying", what, exc)
+            except _WAIT_FOR_ROOM as exc:
+                if not said:  # once per transfer, not every retry
+                    log.warning("%s: %s; kept here and retried", what, exc)
+                    said = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     async def close(self) -> None:
         if self._channel is not None:

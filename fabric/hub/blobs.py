@@ -9,7 +9,9 @@ a file back in chunks, from any offset. Like every other payload, a blob is
 opaque bytes here: nothing is ever unpickled.
 
 Who may upload or fetch which blob is decided by the servicers (client_api,
-endpoint_api); this module stores, streams and sweeps. A blob is deleted once
+endpoint_api); this module stores, streams and sweeps. Room on the disk is the
+hub's budget (`fabric.hub.disk`): an upload holds its size while it runs, and
+a result may use room that arguments may not. A blob is deleted once
 nothing refers to it (see `TaskStore.sweep_blobs`).
 """
 
@@ -31,14 +33,13 @@ from google.protobuf.message import DecodeError
 
 from fabric import config, errors
 from fabric._proto import fabric_pb2 as pb
+from fabric.hub.disk import DiskBudget, storage_full
 from fabric.hub.store import BlobRow, TaskStore
 
 log = logging.getLogger("fabric.hub")
 
 BLOB_ID_RE = re.compile(r"^b-[0-9a-f]{32}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-#: Disk the hub keeps free for its task store, whatever the uploads.
-DISK_RESERVE_BYTES = 64 * 1024 * 1024
 
 ReadChunk = Callable[[], Awaitable[Any]]  # the next BlobChunk, or None at the end
 
@@ -81,12 +82,12 @@ class Blobs:
 
     def __init__(self, store: TaskStore, directory: Path, max_size: int,
                  max_per_user: int = config.DEFAULT_MAX_STORED_PER_USER,
-                 reserve_bytes: int = DISK_RESERVE_BYTES) -> None:
+                 budget: DiskBudget | None = None) -> None:
         self.store = store
         self.dir = directory
         self.max_size = max_size
         self.max_per_user = max_per_user  # arguments waiting, per user (0: no cap)
-        self.reserve_bytes = reserve_bytes
+        self.budget = budget or DiskBudget(directory, store)
         self.received = 0  # blobs stored since start (status counters)
 
     async def open(self) -> None:
@@ -130,12 +131,15 @@ class Blobs:
                     f"user {owner} keeps {waiting} bytes of arguments at the hub; with "
                     f"{size} more that would pass its cap of {self.max_per_user}: retry "
                     "when some tasks finish")
-        free = (await asyncio.to_thread(shutil.disk_usage, self.dir)).free
-        if free - size < self.reserve_bytes:
-            raise errors.StorageFull(f"the hub has {free} bytes of disk free; a {size}-byte "
-                                     "payload would leave too little for its task store")
+        result = bool(task_id)  # a task that already ran: it may use room new work may not
         if first.check_only:
+            self.budget.check(size, result=result, in_store=False)
             return pb.BlobRef(size=size, sha256=sha)
+        with self.budget.claim(size, result=result):  # StorageFull: the uploader waits
+            return await self._receive(first, read, owner, task_id, size, sha)
+
+    async def _receive(self, first: pb.BlobChunk, read: ReadChunk, owner: str, task_id: str,
+                       size: int, sha: str) -> pb.BlobRef:
         blob_id = "b-" + uuid.uuid4().hex
         part = self.dir / (blob_id + ".part")
         sink = _Sink(part)
@@ -162,12 +166,14 @@ class Blobs:
                 raise errors.InvalidRequest("payload damaged in transit: its SHA-256 differs "
                                             "from the one declared")
             await asyncio.to_thread(sink.finish, self.dir / blob_id)
+            await self.store.put_blob(BlobRow(blob_id, owner, size, sha, task_id, time.time(),
+                                              False))
         except BaseException:
             # Shielded: when the uploader goes away, gRPC cancels this call, and a
             # cancelled to_thread job that has not started yet would never run.
-            await asyncio.shield(asyncio.to_thread(sink.discard))
+            # (A file whose row was not stored goes too: nothing would ever sweep it.)
+            await asyncio.shield(asyncio.to_thread(sink.discard, self.dir / blob_id))
             raise
-        await self.store.put_blob(BlobRow(blob_id, owner, size, sha, task_id, time.time(), False))
         self.received += 1
         return pb.BlobRef(blob_id=blob_id, size=size, sha256=sha)
 
@@ -223,7 +229,10 @@ class _Sink:
         self.hash = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
-        self.file.write(data)
+        try:
+            self.file.write(data)
+        except OSError as exc:  # the disk filled under us (someone else's files)
+            raise storage_full(exc) or exc
         self.hash.update(data)  # releases the GIL: other threads run meanwhile
 
     def digest(self) -> str:
@@ -232,12 +241,19 @@ class _Sink:
     def finish(self, final: Path) -> None:
         # Durable as the store's commits are (synchronous=NORMAL): a process crash
         # loses nothing once written; the rename makes it visible whole or not at all.
-        self.file.close()
+        try:
+            self.file.close()  # (flushes what is buffered: the disk may be full now)
+        except OSError as exc:
+            raise storage_full(exc) or exc
         os.replace(self.part, final)
 
-    def discard(self) -> None:
-        self.file.close()
+    def discard(self, final: Path) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass  # its bytes are not wanted
         self.part.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
 
 
 def _unlink_all(paths: list[Path]) -> None:

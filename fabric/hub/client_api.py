@@ -25,6 +25,7 @@ from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.hub.access import Access
 from fabric.hub.auth import Principal, check_user_name
 from fabric.hub.blobs import Blobs, check_blob_id, chunk_reader
+from fabric.hub.disk import ROW_BYTES
 from fabric.hub.dispatch import NO_NEEDS, Dispatcher, LiveTask, Needs
 from fabric.hub.guard import answering, audit_refusal, caller
 from fabric.hub.sessions import Sessions
@@ -119,6 +120,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         owner = caller().user
         fid = make_function_id(owner, request.body, request.python_version)
         if fid not in self.d.functions:
+            self.d.budget.spend(len(request.body) + ROW_BYTES)
             row = FunctionRow(fid, request.name[:256], request.body, request.python_version, owner)
             await self.store.put_function(row)
             self.d.functions[fid] = row
@@ -175,9 +177,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         if _TON: _trace(request.tasks[0].task_id, 'h_submit_in')
         check_ids([t.task_id for t in request.tasks], "task")
         for t in request.tasks:  # a live id of someone else's is not ours to resubmit or watch
-            other = self.d.tasks.get(t.task_id)
-            self.access.check_task(p, t.task_id, other.owner if other is not None else
-                                   self.d.finishing_owner.get(t.task_id))
+            other = self.d.tasks.get(t.task_id) or self.d.finisher.get(t.task_id)
+            self.access.check_task(p, t.task_id, other.owner if other is not None else None)
         policy = request.policy
         self.d.policy(policy)  # unknown policy -> InvalidRequest before anything changes
         live: list[LiveTask] = []
@@ -214,6 +215,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             self.d.counters["queue_full"] += 1
             raise errors.QueueFull(f"user {owner} has {queued} unfinished tasks; the hub's cap "
                                    f"is {self.max_queued}: retry when some finish")
+        if live:  # StorageFull: the client waits and retries for a while, then says so
+            self.d.budget.spend(sum(len(t.args) + ROW_BYTES for t in live))
         live = self.d.route(live)
         try:
             reason = self.d.fail_fast_reason(live) if request.fail_if_offline else None
@@ -318,9 +321,12 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             if t is not None:
                 self.access.check_task(p, tid, t.owner)
                 out[tid] = pb.TaskResult(task_id=tid, state=int(t.state), endpoint_id=t.endpoint_id or "")
-            elif tid in self.d.finishing:  # final and published, its commit under way
-                self.access.check_task(p, tid, self.d.finishing_owner.get(tid))
-                out[tid] = self.d.finishing[tid]
+            elif (o := self.d.finisher.get(tid)) is not None:
+                # Final, but not stored yet (perhaps held for room): until it is, the
+                # task is still where it was, and its result is published once stored.
+                self.access.check_task(p, tid, o.owner)
+                out[tid] = pb.TaskResult(task_id=tid, state=int(o.was),
+                                         endpoint_id=o.result.endpoint_id)
             else:
                 stored_ids.append(tid)
         if stored_ids:
@@ -484,7 +490,9 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             endpoints_online=sum(1 for rec in visible if rec.endpoint_id in self.d.links),
             endpoints_total=len(visible),
             tasks_by_state={s.name: n for s, n in by_state.items()},
-            functions=functions, store_path=self.store.path, counters=dict(self.d.counters),
+            functions=functions, store_path=self.store.path,
+            counters={**self.d.counters,
+                      "storage_full": self.d.budget.refusals + self.store.full_commits},
             blobs=blobs, blob_bytes=blob_bytes,
         ).to_proto()
 

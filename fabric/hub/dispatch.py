@@ -2,16 +2,15 @@
 
 The dispatcher decides (through `scheduler.route`) where each task goes,
 hands tasks to links within the credits each endpoint granted, takes results
-(first one wins), requeues the work of a lost link, and tells the store and
-the result sessions. It never touches gRPC streams itself: servicers call it
-and carry its messages.
+(first one wins) and hands them to `fabric.hub.finishing` (stored, then
+published and acknowledged), and requeues the work of a lost link. It never
+touches gRPC streams itself: servicers call it and carry its messages.
 """
 
 from __future__ import annotations
 
 from fabric.worker.trace import ON as _TON, trace as _trace
 
-import asyncio
 import logging
 import time
 from collections import deque
@@ -20,6 +19,8 @@ from typing import Callable, Iterable, Sequence
 import scheduler
 from fabric import config
 from fabric._proto import fabric_pb2 as pb
+from fabric.hub.disk import DiskBudget
+from fabric.hub.finishing import Finisher, Outcome
 from fabric.hub.live import NO_NEEDS, EndpointRecord, LiveTask, Link, Needs
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import FunctionRow, TaskStore
@@ -31,16 +32,13 @@ log = logging.getLogger("fabric.hub")
 
 
 class Dispatcher:
-    def __init__(self, store: TaskStore, sessions: Sessions) -> None:
+    def __init__(self, store: TaskStore, sessions: Sessions, budget: DiskBudget) -> None:
         self.store = store
         self.sessions = sessions
+        self.budget = budget
         self.tasks: dict[str, LiveTask] = {}
         self.queues: dict[str, deque[str]] = {}  # endpoint id -> routed, unsent task ids
         self.held: deque[str] = deque()  # no eligible endpoint yet
-        # Results published but not yet committed: lookups must see them as final
-        # (a client that subscribes now would otherwise miss them: see on_results).
-        self.finishing: dict[str, pb.TaskResult] = {}
-        self.finishing_owner: dict[str, str] = {}
         self.unfinished_by: dict[str, int] = {}  # owner -> live tasks, for the per-user cap
         self.links: dict[str, Link] = {}
         self.endpoints: dict[str, EndpointRecord] = {}
@@ -59,7 +57,12 @@ class Dispatcher:
         # Monotonic counts for `fabric status` and the chaos benchmark.
         self.counters: dict[str, int] = dict.fromkeys(
             ("results", "duplicates_dropped", "links_lost", "requeued", "handed_back",
-             "cancelled", "withdrawn", "purged", "queue_full", "blobs_deleted"), 0)
+             "cancelled", "withdrawn", "purged", "queue_full", "blobs_deleted",
+             "results_held"), 0)
+        # Final outcomes not stored yet (held there while the disk is full).
+        self.finisher = Finisher(store, sessions, budget, self.links, self.counters)
+        self.finisher.on_stored = lambda frees_blob: frees_blob and self.blobs_released()
+        self.finisher.on_resumed = self.wake_all
 
     # ------------------------------------------------------------ routing
     def policy(self, name: str) -> scheduler.Policy:
@@ -188,6 +191,8 @@ class Dispatcher:
         claimed = []
         for tid in held_task_ids:
             t = self.tasks.get(tid)
+            if t is None and self.finisher.owe_ack(tid, link.endpoint_id):
+                continue  # its result is on its way into the store: acknowledged then
             if t is None or t.state is not TaskState.QUEUED or not self._may_run_on(t, link):
                 # Finished, cancelled, or already running elsewhere since the hub
                 # requeued it: this copy must stop (its result would be dropped anyway).
@@ -297,7 +302,10 @@ class Dispatcher:
         sent: list[str] = []
         withdrawn: list[LiveTask] = []
         size = 0
-        while q and link.credits > 0 and not link.draining and len(sent) < config.MAX_TASKS_PER_BATCH:
+        # Nothing new while results wait for room to be stored: theirs would pile up.
+        paused = self.finisher.holding
+        while q and link.credits > 0 and not link.draining and not paused \
+                and len(sent) < config.MAX_TASKS_PER_BATCH:
             tid = q.popleft()
             t = self.tasks.get(tid)
             # Stale entries (cancelled, finished, re-routed) are skipped lazily.
@@ -349,22 +357,27 @@ class Dispatcher:
 
     # ------------------------------------------------------------ results
     def on_results(self, link: Link, results: Sequence[pb.TaskResult]) -> None:
-        """Record results; the first one for a task wins, later ones are only acknowledged."""
+        """Record results; the first one for a task wins, later ones are only
+        acknowledged (once the first is stored: see `Finisher.owe_ack`)."""
         now = time.time()
         if _TON: _trace(results[0].task_id, 'h_result_in')
-        rows, fresh, dup, owners = [], [], [], []
-        released = False  # a finished task had its arguments in a blob
+        fresh: list[Outcome] = []
+        dup: list[str] = []
+        repeats = 0
         for r in results:
             t = self.tasks.get(r.task_id)
             event = Event.SUCCEED if r.state == pb.SUCCESS else Event.FAIL
             if t is None or not can(t.state, event):  # final already: first result won
-                dup.append(r.task_id)
+                repeats += 1
+                if not self.finisher.owe_ack(r.task_id, link.endpoint_id):
+                    dup.append(r.task_id)  # stored: the endpoint may forget it now
                 continue
             if not self._may_run_on(t, link):
                 # Never sent there, and its owner may not use it: a forged result.
                 log.warning("endpoint %s sent a result for task %s, which it may not run; "
                             "dropped", link.endpoint.name, r.task_id)
                 dup.append(r.task_id)
+                repeats += 1
                 continue
             other = self.links.get(t.endpoint_id or "")
             if other is not None and other is not link and t.task_id in other.in_flight:
@@ -375,7 +388,6 @@ class Dispatcher:
             del self.tasks[r.task_id]
             self.unfinished_by[t.owner] -= 1
             self._release(t)
-            released = released or t.args_blob is not None
             if r.state == pb.SUCCESS:
                 self.model.observe(t.function_id, link.endpoint_id, r.runtime_s, t.size,
                                    cold=r.cold)
@@ -383,44 +395,27 @@ class Dispatcher:
             if not r.endpoint_id:
                 r.endpoint_id = link.endpoint_id
             error = r.error.SerializeToString() if r.HasField("error") else None
-            rows.append((int(r.state), r.value or None, r.value_blob or None, error,
-                         r.error.type_name or None,
-                         link.endpoint_id, now, r.runtime_s, r.task_id))
-            fresh.append(r)
-            owners.append(t.owner)
+            row = (int(r.state), r.value or None, r.value_blob or None, error,
+                   r.error.type_name or None, link.endpoint_id, now, r.runtime_s, r.task_id)
+            fresh.append(Outcome(r, row, t.owner, t.state, {link.endpoint_id},
+                                 t.args_blob is not None))
         link.endpoint.completed += len(fresh)
         self.counters["results"] += len(fresh)
+        self.counters["duplicates_dropped"] += repeats
         if dup:
-            self.counters["duplicates_dropped"] += len(dup)
             link.acks.extend(dup)
             link.wake.set()
-        if not rows:
-            return
-        # Waiting clients get the results now, before the commit: the endpoint keeps
-        # each result in its outbox until acknowledged, and the ack below waits for
-        # the commit, so a hub that dies before committing gets the result replayed
-        # (a client that already has it ignores the repeat: it dedups by task id).
-        if _TON: _trace(fresh[0].task_id, 'h_publish')
-        for r, owner in zip(fresh, owners):
-            self.finishing[r.task_id] = r
-            self.finishing_owner[r.task_id] = owner
-        self.sessions.publish(fresh)
-        done = self.store.finish_tasks(rows)
+        if fresh:
+            # Stored first, then published and acknowledged: a client never has a
+            # result the store lacks, and the endpoint keeps it until it is stored.
+            if _TON: _trace(fresh[0].result.task_id, 'h_publish')
+            self.finisher.finish(fresh)
 
-        def committed(fut: asyncio.Future[None]) -> None:
-            for r in fresh:
-                self.finishing.pop(r.task_id, None)
-                self.finishing_owner.pop(r.task_id, None)
-            if fut.exception() is not None:
-                log.error("storing %d results failed: %s", len(rows), fut.exception())
-                return
-            if not link.closed:  # only now may the endpoint forget them
-                link.acks.extend(r.task_id for r in fresh)
+    def wake_all(self) -> None:
+        """Links with credits and work queued for them look again (dispatch resumed)."""
+        for eid, link in self.links.items():
+            if link.credits > 0 and self.queues.get(eid):
                 link.wake.set()
-            if released:
-                self.blobs_released()
-
-        done.add_done_callback(committed)
 
     # ------------------------------------------------------------ cancel
     def cancel(self, task_ids: Iterable[str]) -> list[pb.TaskResult]:
@@ -453,7 +448,7 @@ class Dispatcher:
         """Make `tasks` final at the hub (cancelled, or failed before reaching a worker):
         stop remote copies, store the outcome, then tell the waiting clients."""
         now = time.time()
-        out, rows = [], []
+        out, outcomes = [], []
         for t in tasks:
             tid = t.task_id
             transition = step(t.state, event)
@@ -466,22 +461,15 @@ class Dispatcher:
             del self.tasks[tid]
             self.unfinished_by[t.owner] -= 1
             self._release(t)
-            out.append(pb.TaskResult(task_id=tid, state=int(state), error=err,
-                                     endpoint_id=t.endpoint_id or ""))
-            rows.append((int(state), None, None, err.SerializeToString(), err.type_name, None, now,
-                         0.0, tid))
-        if rows:
-            self.counters[counter] += len(rows)
-            done = self.store.finish_tasks(rows)
-            released = any(t.args_blob for t in tasks)
-
-            def committed(f: asyncio.Future[None]) -> None:
-                if f.exception() is None:
-                    self.sessions.publish(out)
-                    if released:
-                        self.blobs_released()
-
-            done.add_done_callback(committed)
+            r = pb.TaskResult(task_id=tid, state=int(state), error=err,
+                              endpoint_id=t.endpoint_id or "")
+            out.append(r)
+            row = (int(state), None, None, err.SerializeToString(), err.type_name, None, now,
+                   0.0, tid)
+            outcomes.append(Outcome(r, row, t.owner, t.state, frees_blob=t.args_blob is not None))
+        if outcomes:
+            self.counters[counter] += len(outcomes)
+            self.finisher.finish(outcomes)  # published once stored
         return out
 
     # ------------------------------------------------------------ health

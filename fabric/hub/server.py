@@ -26,6 +26,7 @@ from fabric.hub.access import Access
 from fabric.hub.auth import SigningKey, VerifiedTokens, key_path
 from fabric.hub.blobs import Blobs, blob_dir
 from fabric.hub.client_api import ClientApi
+from fabric.hub.disk import DiskBudget
 from fabric.hub.dispatch import Dispatcher, EndpointRecord, LiveTask, Needs
 from fabric.hub.endpoint_api import EndpointApi
 from fabric.hub.guard import Guard
@@ -79,11 +80,14 @@ class Hub:
         self.config.store_path = store_path(self.config.store_path)  # BadConfig saying why
         self.store = TaskStore(self.config.store_path)
         self.sessions = Sessions(on_delivered=lambda ids: self.store.mark_collected(ids, time.time()))
-        self.dispatcher = Dispatcher(self.store, self.sessions)
+        blobs = blob_dir(self.config.store_path)
+        # One budget for every write path: the store and its blobs share a disk.
+        self.budget = DiskBudget(blobs, self.store)
+        self.dispatcher = Dispatcher(self.store, self.sessions, self.budget)
         self.access = Access(self.dispatcher.endpoints, self.dispatcher.functions)
         self.dispatcher.usable = self.access.usable
-        self.blobs = Blobs(self.store, blob_dir(self.config.store_path), self.config.max_payload,
-                           self.config.max_stored_per_user)
+        self.blobs = Blobs(self.store, blobs, self.config.max_payload,
+                           self.config.max_stored_per_user, self.budget)
         self.dispatcher.blobs_released = self._sweep_soon
         self._sweep_due: asyncio.TimerHandle | None = None
         self.guard: Guard | None = None
@@ -103,6 +107,8 @@ class Hub:
         cfg = self.config
         await self.store.open()
         await self.blobs.open()
+        self.budget.refresh()
+        self.store.wal_limit = self.budget.limits.wal_limit  # (sized to the disk, at start)
         await self._reload()
         self.access.load(await self.store.shares())
         if cfg.auth:
@@ -299,6 +305,10 @@ class Hub:
             self.sessions.close(session)
         if self._server is not None:
             await self._server.stop(grace)
+        unstored = self.dispatcher.finisher.close()
+        if unstored:
+            log.warning("%d results were not stored for want of disk space; their endpoints "
+                        "keep them and send them again to the next hub", unstored)
         await self.store.close()
         if self.config.store_path == ":memory:":  # its blobs went to a private temporary dir
             shutil.rmtree(self.blobs.dir, ignore_errors=True)
