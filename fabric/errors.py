@@ -13,6 +13,7 @@
     │   ├── EndpointNotFound
     │   ├── TaskNotFound
     │   └── ResultPurged        the task finished, but its result was dropped after retention
+    ├── StorageFull             the hub's disk has no room for this write yet (clients retry)
     ├── EndpointOffline         the named endpoint is not connected
     ├── EndpointBusy            an endpoint with this name already runs here
     ├── EngineUnavailable       the endpoint's engine (Parsl, Dask) is not installed or misconfigured
