@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sys
 from collections import deque
 from pathlib import Path
@@ -276,10 +277,13 @@ class RuntimePools(Engine):
                               gpus=self._gpus[:size] if self._gpus else (), **self._pool_args)
         else:
             rt, built = self._built[key]
-            # The endpoint's own variables (e.g. FABRIC_SLOWDOWN), less its import path.
-            env = self.cache.worker_env(rt, built.path, self._env)
-            pool = WorkerPool(size, on_results, env=env, python=built.python, isolated=True,
-                              **self._pool_args)
+            if built.path is None:  # the endpoint's own Python, with the runtime's variables
+                pool = WorkerPool(size, on_results, env={**(self._env or os.environ), **rt.env},
+                                  python=built.python, **self._pool_args)
+            else:  # the endpoint's own variables (e.g. FABRIC_SLOWDOWN), less its import path
+                pool = WorkerPool(size, on_results, python=built.python, isolated=True,
+                                  env=self.cache.worker_env(rt, built.path, self._env),
+                                  **self._pool_args)
         for fid, body in self._bodies.items():
             pool.add_function(fid, body)
         return pool

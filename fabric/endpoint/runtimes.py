@@ -65,8 +65,8 @@ class BuildError(Exception):
 @dataclass(frozen=True)
 class BuiltRuntime:
     digest: str
-    path: Path
-    python: str  # the venv's interpreter: what runtime workers are started with
+    path: Path | None  # the venv; None: the endpoint's own Python serves (env only)
+    python: str  # the interpreter runtime workers are started with
 
     @property
     def version(self) -> str:
@@ -152,6 +152,8 @@ class RuntimeCache:
 
     async def get(self, rt: Runtime) -> BuiltRuntime:
         """The runtime, built if needed; every caller for one digest shares one build."""
+        if not (rt.pip or rt.setup) and rt.python in ("", PYTHON_VERSION):
+            return BuiltRuntime(rt.digest, None, sys.executable)  # env only: nothing to build
         fut = self._builds.get(rt.digest)
         if fut is None:
             built = self.ready(rt)
