@@ -10,6 +10,7 @@ Skipped with the reason when PyPI cannot be reached.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import pickle
 import platform
@@ -68,6 +69,12 @@ def has_humanize():
     import importlib.util
 
     return importlib.util.find_spec("humanize") is not None
+
+
+def importable(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def env_of(name):
@@ -157,6 +164,11 @@ def test_two_functions_share_one_build_and_a_restart_reuses_it(local_fabric):
                             timeout=60) is True
         ids = c.batch_run(f_plain, [((), {})] * 3, endpoint_id="rt", runtime=HUMANIZE)
         assert c.get_batch_result(ids, timeout=60) == [True] * 3
+        # Isolated: the endpoint's own packages (grpc) are not visible inside the runtime.
+        f_imp = c.register_function(importable)
+        assert c.get_result(c.run("grpc", function_id=f_imp, endpoint_id="rt"), timeout=60)
+        assert not c.get_result(c.run("grpc", function_id=f_imp, endpoint_id="rt",
+                                      runtime=HUMANIZE), timeout=60)
     with Executor("rt", client=Client(fab.address), runtime=HUMANIZE) as ex:
         assert ex.submit(has_humanize).result(timeout=60) is True
 
@@ -193,6 +205,25 @@ def test_a_failing_build_fails_only_its_tasks_with_pips_message(local_fabric):
         # The endpoint keeps serving, its own workers too.
         assert c.get_result(c.run(function_id=c.register_function(has_humanize),
                                   endpoint_id="rt"), timeout=60) is False
+
+
+@needs_pypi
+@pytest.mark.timeout(300)
+def test_concurrent_requests_for_one_runtime_share_one_build(tmp_path):
+    from fabric.endpoint.runtimes import RuntimeCache
+
+    async def main():
+        cache = RuntimeCache(tmp_path / "runtimes")
+        await cache.sweep()
+        try:
+            return await asyncio.gather(*(cache.get(HUMANIZE) for _ in range(3)))
+        finally:
+            await cache.close()
+
+    got = asyncio.run(main())
+    assert {b.path for b in got} == {tmp_path / "runtimes" / HUMANIZE.digest}
+    book = (tmp_path / "runtimes" / "builds.log").read_text().splitlines()
+    assert sum(HUMANIZE.digest in line for line in book) == 1
 
 
 class _StallingIndex(socketserver.ThreadingTCPServer):
