@@ -16,6 +16,7 @@ import pickle
 import platform
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -226,6 +227,33 @@ def test_concurrent_requests_for_one_runtime_share_one_build(tmp_path):
     assert sum(HUMANIZE.digest in line for line in book) == 1
 
 
+@needs_pypi
+@pytest.mark.timeout(300)
+def test_without_uv_a_runtime_is_built_with_venv_and_pip(tmp_path):
+    from fabric.endpoint.runtimes import RuntimeCache, clean_env
+
+    root = tmp_path / "runtimes"
+
+    async def main():
+        cache = RuntimeCache(root, use_uv=False)
+        await cache.sweep()
+        try:
+            return await cache.get(HUMANIZE)
+        finally:
+            await cache.close()
+
+    built = asyncio.run(main())
+    assert "with pip" in (root / "builds.log").read_text()
+    out = subprocess.run([built.python, "-c", "import humanize, fabric.worker.main, sys; "
+                          "print(humanize.intcomma(1000), sys.prefix)"], capture_output=True,
+                         text=True, env=clean_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1,000", str(root / HUMANIZE.digest)]
+    # Its scripts name the folder it was renamed to, not the one it was built in.
+    script = (built.path / "bin" / "pip").read_text()
+    assert f"{built.path}/bin/python" in script and ".tmp-" not in script
+
+
 class _StallingIndex(socketserver.ThreadingTCPServer):
     """A package index that accepts requests and never answers (until released)."""
 
@@ -336,4 +364,14 @@ def test_a_setup_line_is_refused_and_env_reaches_the_workers(local_fabric):
         plain = c.register_function(env_of)
         assert c.get_result(c.run("FABRIC_TEST_RUNTIME_VAR", function_id=plain, endpoint_id="rt"),
                             timeout=60) is None
+        # The hub checks a spec that did not come from a Runtime: refused, saying why.
+        bad = b'{"v":1,"pip":["two words"],"python":"","env":{},"setup":""}'
+        with pytest.raises(errors.InvalidRequest, match="'two words' is not a valid requirement"):
+            c._call(c.aio._call("RegisterFunction", pb.RegisterFunctionRequest(
+                name="x", body=b"x", python_version=config.PYTHON_VERSION, runtime=bad)))
+        sub = c.aio.new_submission(plain, ("HOME",), {}, "rt")
+        sub.runtime = b"not json"
+        with pytest.raises(errors.InvalidRequest, match=f"task {sub.task_id}: the runtime spec "
+                                                        "is not JSON"):
+            c._call(c.aio.submit([sub]))
     assert not runtimes_dir(fab, "rt").joinpath("builds.log").exists()  # nothing was built
