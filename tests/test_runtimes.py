@@ -14,7 +14,6 @@ import asyncio
 import importlib.util
 import pickle
 import platform
-import socket
 import socketserver
 import subprocess
 import sys
