@@ -7,6 +7,7 @@
     ├── InvalidRequest          the request itself is malformed
     │   ├── PayloadTooLarge     a function body, argument or result over the limit
     │   ├── InvalidName         a name (an endpoint's) that cannot be an id and a folder
+    │   ├── InvalidRuntime      a runtime spec that cannot be built: bad requirement, version, env
     │   └── VersionMismatch     function pickled on another Python minor version
     ├── NotFound
     │   ├── FunctionNotFound
@@ -25,6 +26,7 @@
     ├── TaskCancelled           the task was cancelled before it finished
     └── TaskFailed              the function raised; carries the remote traceback
         ├── WorkerDied          the worker process died while running the task (retries used up)
+        ├── RuntimeBuildFailed  the task's runtime could not be built there (pip's own message)
         └── WalltimeExceeded    the task ran longer than its walltime and was killed
 
 The hub raises these too; `fabric._wire.errors` maps each to one gRPC status
@@ -66,6 +68,13 @@ class PayloadTooLarge(InvalidRequest):
 class InvalidName(InvalidRequest):
     """An endpoint name that is not 1-64 of [A-Za-z0-9._-] starting with a letter or
     digit: it would not be a safe folder name under $FABRIC_HOME/endpoints."""
+
+    kind = "INVALID_REQUEST"
+
+
+class InvalidRuntime(InvalidRequest):
+    """A `Runtime` spec that is not one: an unparseable requirement, a Python version
+    that is not "3.X", a bad environment variable; the message names the part."""
 
     kind = "INVALID_REQUEST"
 
@@ -196,6 +205,13 @@ class WalltimeExceeded(TaskFailed):
     """The task ran past its `walltime` and was killed."""
 
 
+class RuntimeBuildFailed(TaskFailed):
+    """The endpoint could not provide the task's runtime: pip failed (its own
+    message is in `message`), no interpreter of the asked Python version was
+    found there (`type_name` "VersionMismatch"), or the spec asks for something
+    the endpoint refuses (a setup line). Only tasks needing that runtime fail."""
+
+
 #: Wire ErrorKind name -> the exception raised for it on the client.
 BY_KIND: dict[str, type[FabricError]] = {
     cls.kind: cls
@@ -226,6 +242,7 @@ __all__ = [
     "InvalidRequest",
     "PayloadTooLarge",
     "InvalidName",
+    "InvalidRuntime",
     "BlobNotFound",
     "StorageFull",
     "PayloadCorrupt",
@@ -247,4 +264,5 @@ __all__ = [
     "TaskFailed",
     "WorkerDied",
     "WalltimeExceeded",
+    "RuntimeBuildFailed",
 ]

@@ -75,11 +75,16 @@ def function_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{name}"
 
 
-def function_id(owner: str, body: bytes, python_version: str = PYTHON_VERSION) -> str:
-    """Content address of a function: registering the same body twice gives one id."""
+def function_id(owner: str, body: bytes, python_version: str = PYTHON_VERSION,
+                runtime: bytes = b"") -> str:
+    """Content address of a function: registering the same body twice gives one id.
+    A runtime is part of it (the same code in two environments is two functions);
+    without one the id is what it always was."""
     digest = hashlib.sha256()
     for part in (owner.encode(), b"\0", python_version.encode(), b"\0", body):
         digest.update(part)
+    if runtime:
+        digest.update(b"\0runtime\0" + runtime)
     return "fn-" + digest.hexdigest()[:32]
 
 
@@ -117,7 +122,7 @@ class ErrorInfo:
     message: str
     traceback: str = ""
     exception: bytes = b""  # cloudpickled exception, b"" when it would not pickle
-    kind: str = "user"  # "user" | "worker_died" | "walltime" | "cancelled" | "purged" | "system"
+    kind: str = "user"  # "user" | "worker_died" | "walltime" | "runtime" | "cancelled" | "purged" | "system"
 
     @classmethod
     def from_exception(cls, exc: BaseException, kind: str = "user") -> "ErrorInfo":
@@ -131,7 +136,8 @@ class ErrorInfo:
 
     def to_exception(self, task_id: str) -> Exception:
         """The exception a client raises for this failure (a TaskFailed subclass)."""
-        from fabric.errors import ResultPurged, TaskCancelled, TaskFailed, WalltimeExceeded, WorkerDied
+        from fabric.errors import (ResultPurged, RuntimeBuildFailed, TaskCancelled, TaskFailed,
+                                   WalltimeExceeded, WorkerDied)
 
         if self.kind == "cancelled":
             return TaskCancelled(f"task {task_id} was cancelled: {self.message}")
@@ -145,5 +151,6 @@ class ErrorInfo:
                 cause = None
             if not isinstance(cause, BaseException):
                 cause = None
-        cls = {"worker_died": WorkerDied, "walltime": WalltimeExceeded}.get(self.kind, TaskFailed)
+        cls = {"worker_died": WorkerDied, "walltime": WalltimeExceeded,
+               "runtime": RuntimeBuildFailed}.get(self.kind, TaskFailed)
         return cls(task_id, self.type_name, self.message, self.traceback, cause)

@@ -16,7 +16,7 @@ from scheduler.views import EndpointView, TaskView
 
 def meets(task: TaskView, v: EndpointView) -> bool:
     """The endpoint's capabilities satisfy the task's needs (online or not)."""
-    return (v.python_version == task.python_version
+    return ((not task.python_version or v.python_version == task.python_version)
             and v.gpus >= task.gpus
             and (not task.memory_bytes or v.memory_bytes >= task.memory_bytes)
             and (task.allowed_endpoints is None or v.endpoint_id in task.allowed_endpoints))
@@ -44,9 +44,11 @@ def why_held(task: TaskView, endpoints: Sequence[EndpointView]) -> str:
         if len(remaining) < len(online):
             qualifiers.append("allowed")
     # (need, is it met by v, what an endpoint lacks, how to name those that meet it)
-    needs: list[tuple[str, Callable[[EndpointView], bool], str, str]] = [
-        (f"needs Python {task.python_version}", lambda v: v.python_version == task.python_version,
-         "has it", f"with Python {task.python_version}")]
+    needs: list[tuple[str, Callable[[EndpointView], bool], str, str]] = []
+    if task.python_version:
+        needs.append((f"needs Python {task.python_version}",
+                      lambda v: v.python_version == task.python_version,
+                      "has it", f"with Python {task.python_version}"))
     if task.gpus:
         gpus = "a GPU" if task.gpus == 1 else f"{task.gpus} GPUs"
         needs.append((f"needs {gpus}", lambda v: v.gpus >= task.gpus,
@@ -79,7 +81,7 @@ def named_problem(task: TaskView, v: EndpointView) -> str | None:
         return f"named endpoint {v.name!r} is not in the task's allowed endpoints"
     if not v.python_version:
         return None
-    if v.python_version != task.python_version:
+    if task.python_version and v.python_version != task.python_version:
         return (f"named endpoint {v.name!r} runs Python {v.python_version}, "
                 f"the task needs {task.python_version}")
     if v.gpus < task.gpus:

@@ -44,6 +44,7 @@ class EndpointView:
 @dataclass(frozen=True, slots=True)
 class TaskView:
     function_id: str
+    #: The Python an endpoint must run; "" = any (the task's runtime brings its own).
     python_version: str
     endpoint_id: str | None = None  # the endpoint the user named, if any
     payload_bytes: int = 0

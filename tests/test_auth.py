@@ -305,7 +305,8 @@ def test_a_store_from_before_auth_opens_and_keeps_its_data(tmp_path):
         schema.ensure(db)
         db.execute("DROP TABLE tokens")
         db.execute("DROP TABLE shares")
-        db.execute("INSERT INTO functions VALUES ('fn-1', 'f', x'00', '3.11', 'local', 0)")
+        db.execute("INSERT INTO functions (function_id, name, body, python_version, owner, "
+                   "created_at) VALUES ('fn-1', 'f', x'00', '3.11', 'local', 0)")
         db.execute("PRAGMA user_version=3")
     with TokenBook(path) as book:  # opening migrates
         book.create("alice")

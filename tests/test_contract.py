@@ -40,7 +40,7 @@ def test_generated_stubs_match_the_services():
 
 PUBLIC = {
     "fabric": ["__version__"],
-    "fabric.client": ["AsyncClient", "Client", "Executor"],
+    "fabric.client": ["AsyncClient", "Client", "Executor", "Runtime"],
     "fabric.hub": ["Hub", "HubConfig", "run_hub"],
     "fabric.endpoint": ["Endpoint", "EndpointConfig", "run_endpoint", "stop_endpoint"],
     "fabric.worker": ["state"],

@@ -115,6 +115,25 @@ def test_tasks_run_warm_and_fail_clearly(client, kind):
 
 @needs_engines
 @pytest.mark.parametrize("kind", ENGINES)
+def test_runtime_tasks_are_refused_naming_what_is_missing(client, kind):
+    """Runtimes run on the local engine only, so far: a task asking for one fails at
+    once, saying so, instead of running in an environment it did not ask for."""
+    from fabric.client import Runtime
+    from fabric.errors import RuntimeBuildFailed
+
+    fid = client.register_function(fails, runtime=Runtime(env={"X": "1"}))
+    with pytest.raises(RuntimeBuildFailed, match=f"the {kind} engine cannot run tasks in a "
+                                                 "runtime yet") as err:
+        client.get_result(client.run(1, function_id=fid, endpoint_id=kind), timeout=60)
+    assert err.value.type_name == "EngineUnavailable" and "local engine" in err.value.message
+    # Asking for the endpoint's own environment is no runtime: it runs.
+    plain = client.register_function(count_calls, runtime=Runtime())
+    assert client.get_result(client.run(5, function_id=plain, endpoint_id=kind),
+                             timeout=60)[0] == 10
+
+
+@needs_engines
+@pytest.mark.parametrize("kind", ENGINES)
 def test_a_killed_engine_worker_reruns_the_task_then_fails_it(client, kind, tmp_path):
     fid = client.register_function(dies_first_time)
 

@@ -94,14 +94,16 @@ class TaskResult(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., value: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., endpoint_id: _Optional[str] = ..., runtime_s: _Optional[float] = ..., cold: _Optional[bool] = ..., value_blob: _Optional[str] = ...) -> None: ...
 
 class RegisterFunctionRequest(_message.Message):
-    __slots__ = ("name", "body", "python_version")
+    __slots__ = ("name", "body", "python_version", "runtime")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     body: bytes
     python_version: str
-    def __init__(self, name: _Optional[str] = ..., body: _Optional[bytes] = ..., python_version: _Optional[str] = ...) -> None: ...
+    runtime: bytes
+    def __init__(self, name: _Optional[str] = ..., body: _Optional[bytes] = ..., python_version: _Optional[str] = ..., runtime: _Optional[bytes] = ...) -> None: ...
 
 class RegisterFunctionReply(_message.Message):
     __slots__ = ("function_id",)
@@ -110,7 +112,7 @@ class RegisterFunctionReply(_message.Message):
     def __init__(self, function_id: _Optional[str] = ...) -> None: ...
 
 class TaskSubmission(_message.Message):
-    __slots__ = ("task_id", "function_id", "args", "endpoint", "walltime_s", "max_retries", "gpus", "memory_bytes", "allowed_endpoints", "deadline_s", "args_blob")
+    __slots__ = ("task_id", "function_id", "args", "endpoint", "walltime_s", "max_retries", "gpus", "memory_bytes", "allowed_endpoints", "deadline_s", "args_blob", "runtime")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +124,7 @@ class TaskSubmission(_message.Message):
     ALLOWED_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     ARGS_BLOB_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     function_id: str
     args: bytes
@@ -133,7 +136,8 @@ class TaskSubmission(_message.Message):
     allowed_endpoints: _containers.RepeatedScalarFieldContainer[str]
     deadline_s: float
     args_blob: str
-    def __init__(self, task_id: _Optional[str] = ..., function_id: _Optional[str] = ..., args: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., walltime_s: _Optional[float] = ..., max_retries: _Optional[int] = ..., gpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., allowed_endpoints: _Optional[_Iterable[str]] = ..., deadline_s: _Optional[float] = ..., args_blob: _Optional[str] = ...) -> None: ...
+    runtime: bytes
+    def __init__(self, task_id: _Optional[str] = ..., function_id: _Optional[str] = ..., args: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., walltime_s: _Optional[float] = ..., max_retries: _Optional[int] = ..., gpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., allowed_endpoints: _Optional[_Iterable[str]] = ..., deadline_s: _Optional[float] = ..., args_blob: _Optional[str] = ..., runtime: _Optional[bytes] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("tasks", "session_id", "policy", "fail_if_offline")

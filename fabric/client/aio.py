@@ -31,6 +31,7 @@ from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.client.payloads import Payloads, fit
 from fabric.client.results import is_final, outcome
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
+from fabric.runtime_spec import Runtime
 from fabric.serialize import dumps_args, dumps_function, function_name
 from fabric.states import TaskState
 from fabric.wire import from_kind, from_rpc_error, is_backpressure, is_storage_full, is_transient
@@ -55,7 +56,8 @@ class AsyncClient:
         self.session_id = "s-" + uuid.uuid4().hex
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.ClientServiceStub | None = None
-        self._fn_ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        # fn -> {runtime digest ("" for none): function id}
+        self._fn_ids: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
         # Result push.
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_ready: asyncio.Future[None] | None = None
@@ -152,19 +154,23 @@ class AsyncClient:
         await self.close()
 
     # ------------------------------------------------------------ functions
-    async def register_function(self, fn: Callable[..., Any], name: str | None = None) -> str:
-        """Store `fn` at the hub once; returns its id (the same id for the same code)."""
+    async def register_function(self, fn: Callable[..., Any], name: str | None = None, *,
+                                runtime: Runtime | None = None) -> str:
+        """Store `fn` at the hub once; returns its id (the same id for the same code and
+        runtime). Its calls run in `runtime` unless they name their own."""
+        key = _runtime_key(runtime)
         try:
-            cached = self._fn_ids.get(fn)
+            cached = self._fn_ids.get(fn, {}).get(key)
         except TypeError:  # not weak-referenceable
             cached = None
         if cached is not None:
             return cached
         body = dumps_function(fn)
         reply = await self._call("RegisterFunction", pb.RegisterFunctionRequest(
-            name=name or function_name(fn), body=body, python_version=config.PYTHON_VERSION))
+            name=name or function_name(fn), body=body, python_version=config.PYTHON_VERSION,
+            runtime=runtime.to_json() if runtime is not None else b""))
         try:
-            self._fn_ids[fn] = reply.function_id
+            self._fn_ids.setdefault(fn, {})[key] = reply.function_id
         except TypeError:
             pass
         return reply.function_id
@@ -174,10 +180,12 @@ class AsyncClient:
                        endpoint_id: str | None = None, walltime: float = 0.0,
                        max_retries: int | None = None, *, endpoints: Sequence[str] = (),
                        gpus: int = 0, memory: int = 0,
-                       deadline: float | None = None) -> pb.TaskSubmission:
+                       deadline: float | None = None,
+                       runtime: Runtime | None = None) -> pb.TaskSubmission:
         """One call, ready to submit. `endpoints` limits where the policy may send it,
         `gpus`/`memory` (bytes) are what it needs there, `deadline` (seconds) is for
-        the cheapest policy: the cheapest endpoint predicted to finish it in time."""
+        the cheapest policy: the cheapest endpoint predicted to finish it in time.
+        `runtime` replaces the function's own for this call."""
         task_id = uuid.uuid4().hex
         sub = pb.TaskSubmission(task_id=task_id, function_id=function_id,
                                 args=self.payloads.inline(task_id, dumps_args(args, kwargs)),
@@ -186,6 +194,8 @@ class AsyncClient:
                                 allowed_endpoints=list(endpoints), deadline_s=deadline or 0.0)
         if max_retries is not None:
             sub.max_retries = max_retries
+        if runtime is not None:
+            sub.runtime = runtime.to_json()
         return sub
 
     def enqueue(self, subs: Sequence[pb.TaskSubmission], policy: str = "",
@@ -286,12 +296,14 @@ class AsyncClient:
     async def run(self, *args: Any, function_id: str, endpoint_id: str | None = None,
                   policy: str = "", walltime: float = 0.0, max_retries: int | None = None,
                   endpoints: Sequence[str] = (), gpus: int = 0, memory: int = 0,
-                  deadline: float | None = None, fail_fast: bool = False, **kwargs: Any) -> str:
+                  deadline: float | None = None, fail_fast: bool = False,
+                  runtime: Runtime | None = None, **kwargs: Any) -> str:
         """Submit one call of a registered function; returns its task id once stored.
         The keyword names above are Fabric's; pass a function's own keywords of the
         same names through `batch_run`."""
         sub = self.new_submission(function_id, args, kwargs, endpoint_id, walltime, max_retries,
-                                  endpoints=endpoints, gpus=gpus, memory=memory, deadline=deadline)
+                                  endpoints=endpoints, gpus=gpus, memory=memory, deadline=deadline,
+                                  runtime=runtime)
         (tid,) = await self.submit([sub], policy, fail_fast)
         return tid
 
@@ -299,11 +311,12 @@ class AsyncClient:
                         endpoint_id: str | None = None, policy: str = "", walltime: float = 0.0,
                         max_retries: int | None = None, *, endpoints: Sequence[str] = (),
                         gpus: int = 0, memory: int = 0, deadline: float | None = None,
-                        fail_fast: bool = False) -> list[str]:
-        """Submit many calls, each an (args, kwargs) pair; returns task ids in order."""
+                        fail_fast: bool = False, runtime: Runtime | None = None) -> list[str]:
+        """Submit many calls, each an (args, kwargs) pair; returns task ids in order.
+        `runtime` replaces the function's own for every call of the batch."""
         subs = [self.new_submission(function_id, tuple(a), dict(k), endpoint_id, walltime,
                                     max_retries, endpoints=endpoints, gpus=gpus, memory=memory,
-                                    deadline=deadline) for a, k in calls]
+                                    deadline=deadline, runtime=runtime) for a, k in calls]
         return await self.submit(subs, policy, fail_fast)
 
     async def cancel(self, task_ids: Sequence[str]) -> list[str]:
@@ -494,3 +507,9 @@ class AsyncClient:
             if time.monotonic() > deadline:
                 raise errors.TaskTimeout(f"{len(online)} of {count} endpoints online after {timeout}s")
             await asyncio.sleep(0.05)
+
+
+def _runtime_key(runtime: Runtime | None) -> str:
+    if runtime is not None and not isinstance(runtime, Runtime):
+        raise TypeError(f"runtime must be a fabric.client.Runtime, not {type(runtime).__name__}")
+    return "" if runtime is None else runtime.digest

@@ -20,6 +20,7 @@ from fabric import config
 from fabric._proto import fabric_pb2 as pb
 from fabric.client.results import outcome
 from fabric.client.sync import Client
+from fabric.runtime_spec import Runtime
 
 
 class _Chunk:
@@ -35,6 +36,7 @@ class _Chunk:
 class Executor(cf.Executor):
     """Run callables on an endpoint (`endpoint_id`) or wherever `policy` routes them
     among `endpoints` (default: all), e.g. `Executor(policy="smallest-eta", endpoints=[a, b])`.
+    With `runtime`, every call runs in that runtime (`Runtime(pip=[...])`).
 
     >>> with Executor(endpoint_id="laptop", client=Client(addr)) as ex:
     ...     print(list(ex.map(pow, range(10), [2] * 10)))
@@ -44,14 +46,14 @@ class Executor(cf.Executor):
                  address: str = config.DEFAULT_HUB_ADDRESS, policy: str = "",
                  endpoints: Sequence[str] = (), gpus: int = 0, memory: int = 0,
                  deadline: float | None = None, walltime: float = 0.0,
-                 max_retries: int | None = None) -> None:
+                 max_retries: int | None = None, runtime: Runtime | None = None) -> None:
         self._owns_client = client is None
         self.client = client or Client(address)
         self.endpoint_id = endpoint_id
         self.policy = policy
         # These apply to every call submitted through this executor (see Client.run).
         self.placement = {"endpoints": tuple(endpoints), "gpus": gpus, "memory": memory,
-                          "deadline": deadline}
+                          "deadline": deadline, "runtime": runtime}
         self.walltime = walltime
         self.max_retries = max_retries
         self._lock = threading.Lock()

@@ -14,6 +14,7 @@ from fabric import config
 from fabric.client.aio import AsyncClient
 from fabric.loop import new_event_loop
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
+from fabric.runtime_spec import Runtime
 from fabric.states import TaskState
 
 T = TypeVar("T")
@@ -70,13 +71,17 @@ class Client:
         self.close()
 
     # ------------------------------------------------------------ API
-    def register_function(self, fn: Callable[..., Any], name: str | None = None) -> str:
-        return self._call(self.aio.register_function(fn, name))
+    def register_function(self, fn: Callable[..., Any], name: str | None = None, *,
+                          runtime: Runtime | None = None) -> str:
+        """Store `fn` at the hub once; returns its id. Its calls run in `runtime`
+        (built once per endpoint) unless they name their own."""
+        return self._call(self.aio.register_function(fn, name, runtime=runtime))
 
     def run(self, *args: Any, function_id: str, endpoint_id: str | None = None,
             policy: str = "", walltime: float = 0.0, max_retries: int | None = None,
             endpoints: Sequence[str] = (), gpus: int = 0, memory: int = 0,
-            deadline: float | None = None, fail_fast: bool = False, **kwargs: Any) -> str:
+            deadline: float | None = None, fail_fast: bool = False,
+            runtime: Runtime | None = None, **kwargs: Any) -> str:
         """Submit one call; returns its task id once the hub has stored it.
 
         endpoint_id: run exactly there; else `policy` ("smallest-eta", the default,
@@ -84,22 +89,24 @@ class Client:
         those with `gpus` GPUs and `memory` bytes; `deadline` (s) is for "cheapest".
         `fail_fast`: raise NoEligibleEndpoint / EndpointOffline instead of holding a task
         that no online endpoint can run now. `walltime` (s) kills and fails it if it runs longer; `max_retries` is how
-        often it is rerun after its worker dies (default: the endpoint's setting)."""
+        often it is rerun after its worker dies (default: the endpoint's setting).
+        `runtime` replaces the function's runtime for this call."""
         return self._call(self.aio.run(*args, function_id=function_id, endpoint_id=endpoint_id,
                                        policy=policy, walltime=walltime, max_retries=max_retries,
                                        endpoints=endpoints, gpus=gpus, memory=memory,
-                                       deadline=deadline, fail_fast=fail_fast, **kwargs))
+                                       deadline=deadline, fail_fast=fail_fast, runtime=runtime,
+                                       **kwargs))
 
     def batch_run(self, function_id: str, calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
                   endpoint_id: str | None = None, policy: str = "", walltime: float = 0.0,
                   max_retries: int | None = None, *, endpoints: Sequence[str] = (),
                   gpus: int = 0, memory: int = 0, deadline: float | None = None,
-                  fail_fast: bool = False) -> list[str]:
+                  fail_fast: bool = False, runtime: Runtime | None = None) -> list[str]:
         calls = list(calls)
         return self._call(self.aio.batch_run(function_id, calls, endpoint_id, policy,
                                              walltime, max_retries, endpoints=endpoints,
                                              gpus=gpus, memory=memory, deadline=deadline,
-                                             fail_fast=fail_fast))
+                                             fail_fast=fail_fast, runtime=runtime))
 
     def get_result(self, task_id: str, timeout: float | None = None) -> Any:
         return self._call(self.aio.get_result(task_id, timeout))

@@ -274,7 +274,8 @@ class Endpoint:
             if msg.tasks:
                 if _TON: _trace(msg.tasks[0].task_id, 'e_task_in')
                 items = [WorkItem(t.task_id, t.function_id, t.args, walltime_s=t.walltime_s,
-                                  max_retries=t.max_retries if t.HasField("max_retries") else None)
+                                  max_retries=t.max_retries if t.HasField("max_retries") else None,
+                                  runtime=t.runtime)
                          for t in msg.tasks if t.task_id not in self.held]
                 self._granted -= len(msg.tasks)
                 items = self._allowed(items)

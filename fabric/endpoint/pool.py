@@ -117,7 +117,7 @@ class WorkerPool(Engine):
     def __init__(self, workers: int, on_results: Callable[[list[WorkResult]], None], *,
                  max_result_bytes: int = DEFAULT_MAX_PAYLOAD, python: str = sys.executable,
                  env: dict[str, str] | None = None, max_retries: int = 0,
-                 gpus: tuple[str, ...] = ()) -> None:
+                 gpus: tuple[str, ...] = (), isolated: bool = False) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
         if gpus and len(gpus) < workers:
@@ -127,7 +127,9 @@ class WorkerPool(Engine):
         self._on_results = on_results
         self._max_result_bytes = max_result_bytes
         self._python = python
-        self._env = worker_env(env)
+        # isolated: `env` is the workers' whole environment (a runtime's venv), without
+        # this process's import path, which would mix its packages into the runtime's.
+        self._env = dict(env or {}) if isolated else worker_env(env)
         self._max_retries = max_retries
         self._queue: deque[WorkItem] = deque()
         self._bodies: dict[str, bytes] = {}

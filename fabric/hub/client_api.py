@@ -27,6 +27,7 @@ from fabric.hub.auth import Principal, check_user_name
 from fabric.hub.blobs import Blobs, check_blob_id, chunk_reader
 from fabric.hub.disk import ROW_BYTES
 from fabric.hub.dispatch import NO_NEEDS, Dispatcher, LiveTask, Needs
+from fabric.hub import runtimes
 from fabric.hub.guard import answering, audit_refusal, caller
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import FunctionRow, TaskStore
@@ -118,10 +119,14 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         if not request.python_version or len(request.python_version) > 16:
             raise errors.InvalidRequest("python_version must be set, e.g. '3.11'")
         owner = caller().user
-        fid = make_function_id(owner, request.body, request.python_version)
+        # Stored and hashed in canonical form, whatever spelling the client sent.
+        runtime = runtimes.parse(request.runtime).to_json() if request.runtime else b""
+        runtimes.check_function_runtime(runtime, request.python_version)
+        fid = make_function_id(owner, request.body, request.python_version, runtime)
         if fid not in self.d.functions:
-            self.d.budget.spend(len(request.body) + ROW_BYTES)
-            row = FunctionRow(fid, request.name[:256], request.body, request.python_version, owner)
+            self.d.budget.spend(len(request.body) + len(runtime) + ROW_BYTES)
+            row = FunctionRow(fid, request.name[:256], request.body, request.python_version, owner,
+                              runtime)
             await self.store.put_function(row)
             self.d.functions[fid] = row
         return pb.RegisterFunctionReply(function_id=fid)
@@ -183,6 +188,7 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         self.d.policy(policy)  # unknown policy -> InvalidRequest before anything changes
         live: list[LiveTask] = []
         resolved: dict[str, str] = {}
+        pinned: dict[tuple[str, str], str] = {}
         for t in request.tasks:
             fn = await self.function(t.function_id)
             self.access.check_function(p, fn)
@@ -192,15 +198,18 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                     f"the limit is {self.max_payload}")
             size = await self._args_blob_size(t, owner) if t.args_blob else len(t.args)
             check_limits(t)
+            runtime, python = self._runtime(t, fn)
             requested = None
             if t.endpoint:
-                if t.endpoint not in resolved:
-                    resolved[t.endpoint] = self._check_endpoint(t.endpoint, fn, request.fail_if_offline)
-                requested = resolved[t.endpoint]
+                if (t.endpoint, python) not in pinned:
+                    pinned[t.endpoint, python] = self._check_endpoint(
+                        t.endpoint, fn, request.fail_if_offline, python)
+                requested = pinned[t.endpoint, python]
             live.append(LiveTask(t.task_id, fn.function_id, t.args, requested,
-                                 fn.python_version, policy, t.walltime_s,
+                                 python, policy, t.walltime_s,
                                  t.max_retries if t.HasField("max_retries") else None,
-                                 self._needs(t, resolved), owner, t.args_blob or None, size))
+                                 self._needs(t, resolved, runtime), owner, t.args_blob or None,
+                                 size))
         if request.fail_if_offline and not self.d.links and any(t.requested is None for t in live):
             raise errors.NoEligibleEndpoint("no endpoint is online")
         # Resubmitting an id that is already live is a no-op (idempotent retries), but
@@ -283,25 +292,42 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             raise errors.PermissionDenied(f"blob {t.args_blob} belongs to another user")
         return blob.size
 
-    def _needs(self, t: pb.TaskSubmission, resolved: dict[str, str]) -> Needs:
+    @staticmethod
+    def _runtime(t: pb.TaskSubmission, fn: FunctionRow) -> tuple[str, str]:
+        """(the runtime spec the task runs in, canonical JSON or "", the Python an
+        endpoint must itself run for it): the call's runtime, else its function's."""
+        spec = t.runtime or fn.runtime
+        if not spec:
+            return "", fn.python_version
+        try:
+            python = runtimes.routing_python(spec, fn.python_version, f"function {fn.name}")
+            return runtimes.parse(spec).to_json().decode(), python
+        except errors.InvalidRuntime as exc:
+            raise errors.InvalidRuntime(f"task {t.task_id}: {exc}") from None
+
+    def _needs(self, t: pb.TaskSubmission, resolved: dict[str, str], runtime: str = "") -> Needs:
         if t.gpus < 0 or t.memory_bytes < 0 or not 0 <= t.deadline_s < float("inf"):
             raise errors.InvalidRequest(f"task {t.task_id}: gpus, memory_bytes and deadline_s "
                                         "must be positive (or 0 for none)")
-        if not (t.gpus or t.memory_bytes or t.allowed_endpoints or t.deadline_s):
+        if not (t.gpus or t.memory_bytes or t.allowed_endpoints or t.deadline_s or runtime):
             return NO_NEEDS
         allowed = []
         for ref in t.allowed_endpoints:
             if ref not in resolved:
                 resolved[ref] = self.resolve_endpoint(ref)  # EndpointNotFound names it
             allowed.append(resolved[ref])
-        return Needs(t.gpus, t.memory_bytes, tuple(dict.fromkeys(allowed)), t.deadline_s or None)
+        return Needs(t.gpus, t.memory_bytes, tuple(dict.fromkeys(allowed)), t.deadline_s or None,
+                     runtime)
 
-    def _check_endpoint(self, ref: str, fn: FunctionRow, fail_if_offline: bool) -> str:
+    def _check_endpoint(self, ref: str, fn: FunctionRow, fail_if_offline: bool,
+                        python: str) -> str:
+        """`python`: the version the endpoint itself must run ("" when the task's
+        runtime brings its own interpreter)."""
         rec = self.access.resolve(caller(), ref)
         self.access.check_endpoint(caller(), rec, fn)
         eid = rec.endpoint_id
         theirs = rec.capabilities.python_version if rec.capabilities else ""
-        if theirs and theirs != fn.python_version:
+        if theirs and python and theirs != python:
             raise errors.VersionMismatch(
                 f"function {fn.name} was registered from Python {fn.python_version}, but "
                 f"endpoint {rec.name} runs Python {theirs}; register it from Python {theirs} "

@@ -332,6 +332,8 @@ class Dispatcher:
                 task.args_blob = t.args_blob
             if t.max_retries is not None:
                 task.max_retries = t.max_retries
+            if t.needs.runtime:
+                task.runtime = t.needs.runtime.encode()
             t.state = TaskState.DISPATCHED
             link.in_flight.add(tid)
             link.credits -= 1

@@ -71,17 +71,23 @@ class Needs:
     memory_bytes: int = 0
     allowed_endpoints: tuple[str, ...] = ()  # endpoint ids; () = any
     deadline_s: float | None = None
+    runtime: str = ""  # the runtime spec it runs in (canonical JSON); "" = the endpoint's own
 
     def to_dict(self) -> dict[str, object]:
-        return {"gpus": self.gpus, "memory_bytes": self.memory_bytes,
-                "allowed_endpoints": list(self.allowed_endpoints), "deadline_s": self.deadline_s}
+        d: dict[str, object] = {"gpus": self.gpus, "memory_bytes": self.memory_bytes,
+                                "allowed_endpoints": list(self.allowed_endpoints),
+                                "deadline_s": self.deadline_s}
+        if self.runtime:
+            d["runtime"] = self.runtime
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, object] | None) -> "Needs":
         if not d:
             return NO_NEEDS
         return cls(int(d.get("gpus") or 0), int(d.get("memory_bytes") or 0),  # type: ignore[arg-type]
-                   tuple(d.get("allowed_endpoints") or ()), d.get("deadline_s"))  # type: ignore[arg-type]
+                   tuple(d.get("allowed_endpoints") or ()), d.get("deadline_s"),  # type: ignore[arg-type]
+                   str(d.get("runtime") or ""))
 
 
 NO_NEEDS = Needs()

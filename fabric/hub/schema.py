@@ -11,7 +11,7 @@ import sqlite3
 
 import sqlite_utils
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def ensure(conn: sqlite3.Connection) -> None:
@@ -49,7 +49,15 @@ def ensure(conn: sqlite3.Connection) -> None:
         _migrate(conn, db)
     _access_tables(db, tables)
     _blob_tables(conn, db, tables)
+    _runtime_columns(conn, db)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _runtime_columns(conn: sqlite3.Connection, db: sqlite_utils.Database) -> None:
+    """Version 6: a function's runtime spec (JSON bytes, NULL for none). A task's own
+    runtime rides in its `needs` JSON, with the rest of what it asks of an endpoint."""
+    if "runtime" not in set(db["functions"].columns_dict):
+        conn.execute("ALTER TABLE functions ADD COLUMN runtime BLOB")
 
 
 def _access_tables(db: sqlite_utils.Database, tables: set[str]) -> None:

@@ -31,6 +31,7 @@ from fabric.hub.dispatch import Dispatcher, EndpointRecord, LiveTask, Needs
 from fabric.hub.endpoint_api import EndpointApi
 from fabric.hub.guard import Guard
 from fabric.hub.location import store_path
+from fabric.hub.runtimes import stored_python
 from fabric.hub.sessions import Sessions
 from fabric.hub.store import TaskStore
 from fabric.hub.tokens import TokenBook
@@ -172,9 +173,10 @@ class Hub:
             if fn is None:
                 continue
             d.functions[fn.function_id] = fn
+            needs = Needs.from_dict(r.needs)
             t = LiveTask(r.task_id, r.function_id, r.args or b"", r.requested_endpoint,
-                         fn.python_version, "", r.walltime_s, r.max_retries,
-                         Needs.from_dict(r.needs), r.owner or "local", r.args_blob,
+                         stored_python(needs.runtime, fn.python_version), "", r.walltime_s,
+                         r.max_retries, needs, r.owner or "local", r.args_blob,
                          r.args_size)
             # Routed tasks (dispatched ones included) wait for the endpoint they were
             # routed to: if it still holds one, it says so in its Hello and the task is

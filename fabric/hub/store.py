@@ -29,6 +29,7 @@ class FunctionRow:
     body: bytes
     python_version: str
     owner: str
+    runtime: bytes = b""  # the function's runtime spec (JSON), b"" for none
 
 
 @dataclass(slots=True)
@@ -89,8 +90,10 @@ class TaskStore(GroupCommitter):
     def put_function(self, row: FunctionRow) -> asyncio.Future[Any]:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT OR IGNORE INTO functions VALUES (?,?,?,?,?,?)",
-                (row.function_id, row.name, row.body, row.python_version, row.owner, time.time()),
+                "INSERT OR IGNORE INTO functions (function_id, name, body, python_version, owner, "
+                "created_at, runtime) VALUES (?,?,?,?,?,?,?)",
+                (row.function_id, row.name, row.body, row.python_version, row.owner, time.time(),
+                 row.runtime or None),
             )
 
         return self.write(op, rows=_weight(1, len(row.body)))  # type: ignore[return-value]
@@ -98,11 +101,11 @@ class TaskStore(GroupCommitter):
     async def get_function(self, function_id: str) -> FunctionRow | None:
         def op(conn: sqlite3.Connection) -> FunctionRow | None:
             r = conn.execute(
-                "SELECT function_id, name, body, python_version, owner FROM functions "
+                "SELECT function_id, name, body, python_version, owner, runtime FROM functions "
                 "WHERE function_id=?",
                 (function_id,),
             ).fetchone()
-            return FunctionRow(*r) if r else None
+            return FunctionRow(*r[:5], r[5] or b"") if r else None
 
         return await self.read(op)
 

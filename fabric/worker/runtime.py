@@ -26,13 +26,14 @@ from fabric.serialize import ErrorInfo, dumps_value, loads_args, loads_function
 class WorkItem:
     """A task as the pool hands it to a worker: only bytes, never unpickled outside a worker.
 
-    `walltime_s` and `max_retries` are for the pool, never sent to the worker."""
+    `walltime_s`, `max_retries` and `runtime` are for the endpoint, never sent to the worker."""
 
     task_id: str
     function_id: str
     args: bytes
     walltime_s: float = 0.0  # killed and failed after running this long; 0 = no limit
     max_retries: int | None = None  # reruns after its worker dies; None = the pool's default
+    runtime: bytes = b""  # the runtime spec it runs in (fabric.runtime_spec JSON); b"" = none
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
 """Engines: what runs an endpoint's tasks.
 
-    local   a pool of worker processes on this machine (fabric/endpoint/pool.py; the default)
+    local   pools of worker processes on this machine, one per runtime (the default;
+            fabric/endpoint/runtime_pools.py over fabric/endpoint/pool.py)
     parsl   Parsl's HighThroughputExecutor on any Parsl provider: local, slurm, pbspro,
             kubernetes (blocks of nodes from a batch scheduler, autoscaled by Parsl's strategy)
     dask    a Dask cluster: a running scheduler's address, or a LocalCluster started here
@@ -118,12 +119,13 @@ def make_engine(cfg: EngineConfig, ctx: EngineContext) -> Engine:
         from fabric.endpoint.engines.dask import DaskEngine
 
         return DaskEngine(cfg, ctx)
-    from fabric.endpoint.pool import WorkerPool
+    from fabric.endpoint.runtime_pools import RuntimePools
 
     workers = len(ctx.gpus) if cfg.pin_gpus and ctx.gpus else ctx.workers
-    return WorkerPool(workers, ctx.on_results, max_result_bytes=ctx.max_result_bytes,
-                      max_retries=ctx.max_retries, env=ctx.env,
-                      gpus=ctx.gpus if cfg.pin_gpus else ())
+    # A WorkerPool per runtime (the endpoint's own Python first), sharing `workers`.
+    return RuntimePools(workers, ctx.on_results, run_dir=ctx.run_dir,
+                        max_result_bytes=ctx.max_result_bytes, max_retries=ctx.max_retries,
+                        env=ctx.env, gpus=ctx.gpus if cfg.pin_gpus else ())
 
 
 __all__ = ["Engine", "EngineConfig", "EngineContext", "KINDS", "PROVIDERS", "make_engine",

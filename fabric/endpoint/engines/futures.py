@@ -148,8 +148,34 @@ class FutureEngine(Engine):
         self._bodies[function_id] = body
 
     def submit(self, items: list[WorkItem]) -> None:
+        if any(i.runtime for i in items):
+            items = self._refuse_runtimes(items)
         for item in items:
             self._launch(item)
+
+    def _refuse_runtimes(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Runtimes run on the local engine only, so far: a task asking for one fails
+        here with the reason, rather than running in an environment it did not ask for."""
+        from fabric.endpoint.runtime_pools import runtime_failure, runtime_of
+        from fabric.errors import InvalidRuntime
+
+        keep, refused = [], []
+        for item in items:
+            try:
+                wants = item.runtime and runtime_of(item.runtime) is not None
+            except InvalidRuntime:
+                wants = True
+            if not wants:
+                keep.append(item)
+                continue
+            refused.append(runtime_failure(item, "EngineUnavailable", (
+                f"the {self.kind} engine cannot run tasks in a runtime yet (that needs a "
+                f"per-runtime worker interpreter under each {self.kind} worker); send them "
+                "to an endpoint with the local engine")))
+        if refused:
+            self._done.extend(refused)
+            asyncio.get_running_loop().call_soon(self._deliver)
+        return keep
 
     def _launch(self, item: WorkItem) -> None:
         if self._closed:
