@@ -2,7 +2,9 @@
 
 Used by the client (which pickles functions and arguments and unpickles
 results) and by workers (the reverse). The hub and the endpoint agent only
-move these bytes around: they never call anything here that unpickles.
+move these bytes around: they never call anything here that unpickles, and
+the hub (which imports this module for function ids and ErrorInfo) never even
+loads cloudpickle: it is imported where it is used.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import traceback
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import cloudpickle
 
 from fabric.config import PYTHON_VERSION
 
@@ -35,6 +35,8 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
     the worker put them back (see loads_function); the cost is a few hundred
     bytes, paid once per registration.
     """
+    import cloudpickle
+
     return cloudpickle.dumps((_BODY_TAG, fn, _source_of(fn)), protocol=PROTOCOL)
 
 
@@ -94,6 +96,8 @@ def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     try:
         return pickle.dumps((args, kwargs), protocol=PROTOCOL)
     except Exception:
+        import cloudpickle
+
         return cloudpickle.dumps((args, kwargs), protocol=PROTOCOL)
 
 
@@ -106,6 +110,8 @@ def dumps_value(value: Any) -> bytes:
     try:
         return pickle.dumps(value, protocol=PROTOCOL)
     except Exception:
+        import cloudpickle
+
         return cloudpickle.dumps(value, protocol=PROTOCOL)
 
 
@@ -126,6 +132,8 @@ class ErrorInfo:
 
     @classmethod
     def from_exception(cls, exc: BaseException, kind: str = "user") -> "ErrorInfo":
+        import cloudpickle
+
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
             pickled = cloudpickle.dumps(exc, protocol=PROTOCOL)
