@@ -46,6 +46,10 @@ DEFAULT_MAX_STORED_PER_USER = 64 * 1024**3
 #: the client pages longer lists, so any number it submitted can be waited for.
 MAX_IDS_PER_CALL = 100_000
 
+#: Bytes of each task's output (stdout and stderr) a worker keeps: the last ones.
+#: Output beyond it is dropped, never passed to the endpoint's log.
+DEFAULT_OUTPUT_TAIL_BYTES = 64 * 1024
+
 #: Tasks per message on the endpoint link; bytes per message are capped too.
 MAX_TASKS_PER_BATCH = 1024
 MAX_BATCH_BYTES = 8 * 1024 * 1024
