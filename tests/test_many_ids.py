@@ -117,3 +117,28 @@ def test_a_refused_wait_keeps_the_results_the_client_had(fab):
             c.get_batch_result(real + ["x" * 200], timeout=20)
         assert all(t in c.aio._results for t in real)
         assert c.get_batch_result(real, timeout=20) == [3 * i for i in range(30, 35)]
+
+
+def wait_for_file(path):
+    import os
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return "released"
+
+
+def test_a_timed_out_wait_keeps_the_results_that_came(fab, tmp_path):
+    release = tmp_path / "release"
+    with Client(fab.address) as c, Client(fab.address) as other:
+        fid = c.register_function(triple)
+        fast = c.run(40, function_id=fid, endpoint_id="ep")
+        wait_until(lambda: other.get_batch_result([fast], return_exceptions=True) == [120], 30,
+                   "the fast task to finish at the hub")
+        slow = c.run(str(release), function_id=c.register_function(wait_for_file),
+                     endpoint_id="ep")
+        with pytest.raises(errors.TaskTimeout):
+            c.get_batch_result([fast, slow], timeout=5)
+        assert fast in c.aio._results  # came for the call that timed out: kept
+        release.write_text("go")
+        assert c.get_batch_result([fast, slow], timeout=60) == [120, "released"]

@@ -380,6 +380,9 @@ class AsyncClient:
                     known[tid] = f.result()
             finally:
                 for tid, f in futs.items():
+                    if tid not in known and f.done() and not f.cancelled() \
+                            and f.exception() is None:
+                        self._keep(f.result())  # arrived for a call that failed: kept
                     lst = self._waiters.get(tid)
                     if lst is not None:
                         if f in lst:
@@ -421,7 +424,11 @@ class AsyncClient:
                 if not f.done():
                     f.set_result(r)
             return
-        self._results[tid] = r
+        self._keep(r)
+
+    def _keep(self, r: pb.TaskResult) -> None:
+        """Cache a result nobody waits for yet (the newest CACHE_RESULTS)."""
+        self._results[r.task_id] = r
         while len(self._results) > CACHE_RESULTS:
             self._results.popitem(last=False)
 

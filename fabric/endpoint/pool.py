@@ -3,7 +3,9 @@
 The endpoint agent (fabric/endpoint/agent.py) calls `submit` with tasks it got
 from the hub and gets every outcome back through `on_results`; it grants the
 hub `capacity()` credits. Each worker is a `python -m fabric.worker`
-subprocess spoken to over stdin/stdout frames (see fabric/worker/main.py).
+subprocess spoken to over stdin/stdout frames (see fabric/worker/main.py),
+through a `WorkerProcess` (fabric/endpoint/worker_process.py), which also
+sees the worker's death the moment it exits, whoever still holds its pipes.
 
 The pool keeps one FIFO queue and pushes tasks to the worker with the fewest
 outstanding, at most `per_worker_cap` each. The cap follows observed runtime

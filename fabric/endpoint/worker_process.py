@@ -15,15 +15,13 @@ pool's reader then finishes and settles the worker's tasks at once.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
-import struct
-import termios
 from itertools import islice
 from typing import Any
 
 from fabric.endpoint.supervision import Kill, StartClock, running_index
 from fabric.worker.main import HEADER_BYTES, decode_frame, encode_frame
+from fabric.worker.output import bytes_waiting
 from fabric.worker.runtime import WorkItem
 
 #: Bytes the reader of a worker's frames buffers before it pauses the pipe.
@@ -50,10 +48,7 @@ class _WorkerProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 def _pending_bytes(fd: int) -> bytes:
     """What is in the pipe now (the fd is non-blocking). Only that much: a child
     the worker left behind may go on writing."""
-    try:
-        (left,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))
-    except OSError:
-        return b""
+    left = bytes_waiting(fd)
     chunks = []
     while left > 0:
         try:

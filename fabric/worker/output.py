@@ -72,7 +72,7 @@ class OutputTail:
         with self._lock:
             # What is still in the pipe was written before now; only that much is read
             # here (a child of the task may go on writing for ever).
-            self._read_pending(_pending(self._read_fd))
+            self._read_pending(bytes_waiting(self._read_fd))
             out, cut = bytes(self._tail), self._cut
             self._tail.clear()
             self._cut = 0
@@ -114,12 +114,12 @@ class OutputTail:
             self._cut += over
 
 
-def _pending(fd: int) -> int:
-    """Bytes waiting in the pipe."""
+def bytes_waiting(fd: int) -> int:
+    """Bytes waiting to be read from pipe `fd` (0 when it cannot tell)."""
     try:
         return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
     except OSError:
         return 0
 
 
-__all__ = ["OutputTail"]
+__all__ = ["OutputTail", "bytes_waiting"]
