@@ -42,6 +42,14 @@ DEFAULT_MAX_QUEUED_PER_USER = 1_000_000
 #: Results do not count: `--retention` governs them.
 DEFAULT_MAX_STORED_PER_USER = 64 * 1024**3
 
+#: Task ids one client call may name (Subscribe, GetResults, Cancel, Submit, Watch);
+#: the client pages longer lists, so any number it submitted can be waited for.
+MAX_IDS_PER_CALL = 100_000
+
+#: Bytes of each task's output (stdout and stderr) a worker keeps: the last ones.
+#: Output beyond it is dropped, never passed to the endpoint's log.
+DEFAULT_OUTPUT_TAIL_BYTES = 64 * 1024
+
 #: Tasks per message on the endpoint link; bytes per message are capped too.
 MAX_TASKS_PER_BATCH = 1024
 MAX_BATCH_BYTES = 8 * 1024 * 1024

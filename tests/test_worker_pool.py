@@ -193,12 +193,46 @@ def wait_for_file(path):
     return "released"
 
 
+def fork_then_die(pid_file, how):
+    """Start a child that sleeps for ten minutes holding every fd this worker has
+    (unless it execs), then SIGKILL this worker."""
+    if how == "exec":
+        pid = subprocess.Popen(["sleep", "600"]).pid
+    else:
+        # libc's fork() runs none of Python's at-fork handlers: only the pool can help.
+        pid = os.fork() if how == "os.fork" else ctypes.PyDLL(None).fork()
+        if pid == 0:
+            try:
+                time.sleep(600)
+            finally:
+                os._exit(0)
+    Path(pid_file).write_text(str(pid))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def shout(n_lines, last):
+    """Print n_lines lines of 1 KiB, half to stdout and half to fd 2 directly, then `last`."""
+    line = "x" * 1023 + "\n"
+    for _ in range(n_lines // 2):
+        sys.stdout.write(line)
+    for _ in range(n_lines - n_lines // 2):
+        os.write(2, line.encode())
+    print(last)
+    return "shouted"
+
+
+def say(text):
+    print(text, end="")
+    return text
+
+
 FUNCTIONS = {name: cloudpickle.dumps(fn) for name, fn in {
     "double": double_and_pid, "fail": fail, "counter": counter, "other": other,
     "noisy": noisy, "echo": echo, "die": die, "sleep": sleep_after_marker,
     "die_first": die_first_time, "always_die": always_die, "wait": wait_for_file,
     "noop": lambda: None, "locked": fail_unpicklably, "die_counting": die_counting,
     "segfault": segfault, "sigkill_self": sigkill_self, "spin": spin, "nap": nap,
+    "fork_then_die": fork_then_die, "shout": shout, "say": say,
 }.items()}
 
 
@@ -269,6 +303,30 @@ def test_print_in_user_code_does_not_break_frames():
     run(main())
 
 
+def test_task_output_is_kept_as_a_bounded_tail_per_task_and_not_passed_on(capfd):
+    """50 MiB printed: the result keeps the last 4 KiB and says how much was cut; the
+    pool's own stderr (the endpoint's log) gets none of it; the next task's tail is its own."""
+    last = "the last line"
+    n_lines = 50 * 1024
+
+    async def main():
+        c = Collector()
+        async with pool(1, c, output_tail_bytes=4096) as p:
+            p.submit([item("loud", "shout", n_lines, last), item("quiet", "double", 1),
+                      item("hello", "say", "hello\n")])
+            return await c.wait_for(["loud", "quiet", "hello"], timeout=60)
+
+    got = run(main(), timeout=90)
+    loud = got["loud"]
+    assert value(loud) == "shouted"
+    assert len(loud.output) == 4096 and loud.output.endswith(f"x\n{last}\n".encode())
+    assert loud.output_cut == n_lines * 1024 + len(last) + 1 - 4096
+    assert (got["quiet"].output, got["quiet"].output_cut) == (b"", 0)
+    assert got["hello"].output == b"hello\n"
+    out, err = capfd.readouterr()
+    assert len(out) + len(err) < 4096, (len(out), len(err))
+
+
 def test_large_args_round_trip():
     data = os.urandom(20 * 2**20)
 
@@ -334,6 +392,35 @@ def test_sigkill_during_a_long_task_fails_it_and_the_rest_still_run(tmp_path):
             assert victim not in p.pids
 
     run(main())
+
+
+@pytest.mark.parametrize("how", ["os.fork", "libc-fork", "exec"])
+def test_a_child_of_the_task_does_not_delay_its_workers_death(tmp_path, how):
+    """The task starts a child that outlives its worker by ten minutes, holding the
+    worker's fds unless it execs; the worker's death is seen while the child runs."""
+    pid_file = tmp_path / "child.pid"
+
+    async def main():
+        c = Collector()
+        async with pool(1, c) as p:
+            victim = p.pids[0]
+            p.submit([item("forker", "fork_then_die", str(pid_file), how)])
+            err = (await c.wait_for(["forker"], timeout=60))["forker"].error
+            assert not pid_gone(int(pid_file.read_text()))  # the child still holds them
+            assert err.type_name == "WorkerDied" and "SIGKILL" in err.message, err
+            assert f"pid {victim}" in err.message
+            await wait_until(lambda: len(p.pids) == 1 and victim not in p.pids)
+            p.submit([item("after", "double", 2)])
+            assert value((await c.wait_for(["after"]))["after"])[0] == 4
+
+    try:
+        run(main(), timeout=120)
+    finally:
+        if pid_file.exists():  # the child is not ours (its parent died): end it by its pid
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_only_the_task_that_killed_the_worker_is_blamed():

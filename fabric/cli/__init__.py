@@ -127,6 +127,10 @@ def endpoint() -> None:
 @click.option("--max-retries", default=config.DEFAULT_MAX_RETRIES, show_default=True,
               type=click.IntRange(0, 100),
               help="reruns of a task whose worker died, unless the task sets its own")
+@click.option("--output-tail", default=config.DEFAULT_OUTPUT_TAIL_BYTES, show_default=True,
+              type=click.IntRange(min=0),
+              help="bytes of each task's output (stdout, stderr) kept with it: the last ones; "
+                   "the rest is dropped, never logged")
 @click.option("--heartbeat-misses", default=config.DEFAULT_HEARTBEAT_MISSES, show_default=True,
               type=click.IntRange(min=1), help="reconnect after the hub is silent this many periods")
 @click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
@@ -151,7 +155,8 @@ def endpoint() -> None:
 @engine_options
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 def endpoint_start(name: str, hub: str, workers: int, prefetch: int, max_retries: int,
-                   heartbeat_misses: int, drain_timeout: float, state_dir: str | None,
+                   output_tail: int, heartbeat_misses: int, drain_timeout: float,
+                   state_dir: str | None,
                    speed: float, cost: float, slowdown: float, token: str | None,
                    tls_ca: str | None, allow_functions: tuple[str, ...],
                    allow_owners: tuple[str, ...], verbose: int,

@@ -25,6 +25,7 @@ from fabric.errors import BadConfig, FabricError
 #: `fabric endpoint start` option -> EndpointConfig field.
 ENDPOINT_FLAGS = {
     "hub": "hub", "workers": "workers", "prefetch": "prefetch", "max_retries": "max_retries",
+    "output_tail": "output_tail_bytes",
     "heartbeat_misses": "heartbeat_misses", "drain_timeout": "drain_timeout_s",
     "state_dir": "state_dir", "speed": "relative_speed", "cost": "cost_per_core_hour",
     "slowdown": "slowdown", "token": "token", "tls_ca": "tls_ca",

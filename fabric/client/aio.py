@@ -41,6 +41,16 @@ ResultListener = Callable[[pb.TaskResult], bool]
 
 SUBMIT_BATCH = 2048
 CACHE_RESULTS = 10_000
+#: Task ids per Subscribe, GetResults, Cancel and Watch call: any number of ids is
+#: sent in pages of this many, well under the hub's limit (config.MAX_IDS_PER_CALL),
+#: so that no single call holds the hub's loop for long.
+IDS_PER_CALL = 10_000
+
+
+def pages(ids: Sequence[str], size: int = IDS_PER_CALL) -> list[list[str]]:
+    """`ids` in order, cut into lists of at most `size`."""
+    ids = list(ids)
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 class AsyncClient:
@@ -323,8 +333,11 @@ class AsyncClient:
         """Cancel tasks that have not finished; returns those that were cancelled."""
         if self._outbox or self._flushing:
             await self._drain_outbox()  # a cancel must not overtake the submission it cancels
-        reply = await self._call("Cancel", pb.CancelRequest(task_ids=list(task_ids)))
-        return list(reply.cancelled)
+        cancelled: list[str] = []
+        for page in pages(task_ids):
+            reply = await self._call("Cancel", pb.CancelRequest(task_ids=page))
+            cancelled.extend(reply.cancelled)
+        return cancelled
 
     # ------------------------------------------------------------ results
     async def get_result(self, task_id: str, timeout: float | None = None) -> Any:
@@ -350,19 +363,21 @@ class AsyncClient:
     async def status_of(self, task_ids: Sequence[str]) -> list[pb.TaskResult]:
         """What the hub knows of each task now, big values fetched."""
         out: list[pb.TaskResult] = []
-        ids = list(task_ids)
-        while ids:  # the hub answers as many as fit in one message
-            reply = await self._call("GetResults", pb.GetResultsRequest(task_ids=ids))
-            if not reply.results:
-                raise errors.FabricError("the hub answered GetResults with no results")
-            out.extend(reply.results)
-            ids = ids[len(reply.results):]
+        for ids in pages(task_ids):
+            while ids:  # the hub answers as many as fit in one message
+                reply = await self._call("GetResults", pb.GetResultsRequest(task_ids=ids))
+                if not reply.results:
+                    raise errors.FabricError("the hub answered GetResults with no results")
+                out.extend(reply.results)
+                ids = ids[len(reply.results):]
         return list(await asyncio.gather(*map(self.payloads.with_value, out)))
 
     async def wait(self, task_ids: Sequence[str], timeout: float | None) -> list[pb.TaskResult]:
         """Final results for `task_ids` (in order). timeout=None: do not wait, return
-        what is known now (pending tasks come back non-final)."""
-        known = {tid: self._results.pop(tid) for tid in task_ids if tid in self._results}
+        what is known now (pending tasks come back non-final). A call that fails leaves
+        the client as it was: results it had stay, ids it did not subscribe stay unwatched."""
+        # Taken from the cache only once this call succeeds.
+        known = {tid: self._results[tid] for tid in task_ids if tid in self._results}
         missing = [tid for tid in dict.fromkeys(task_ids) if tid not in known]
         if missing and timeout is None:
             for r in await self.status_of(missing):
@@ -377,11 +392,7 @@ class AsyncClient:
                 futs[tid] = f
             try:
                 await self._ensure_watch()
-                fresh = [tid for tid in missing if tid not in self._watched]
-                if fresh:
-                    self._watched.update(fresh)
-                    await self._call("Subscribe", pb.SubscribeRequest(
-                        session_id=self.session_id, task_ids=fresh))
+                await self._subscribe([tid for tid in missing if tid not in self._watched])
                 done, pending = await asyncio.wait(futs.values(), timeout=timeout)
                 if pending:
                     raise errors.TaskTimeout(
@@ -390,13 +401,32 @@ class AsyncClient:
                     known[tid] = f.result()
             finally:
                 for tid, f in futs.items():
+                    if tid not in known and f.done() and not f.cancelled() \
+                            and f.exception() is None:
+                        self._keep(f.result())  # arrived for a call that failed: kept
                     lst = self._waiters.get(tid)
                     if lst is not None:
                         if f in lst:
                             lst.remove(f)
                         if not lst:
                             del self._waiters[tid]
+        for tid in known:
+            self._results.pop(tid, None)
         return [known[tid] for tid in task_ids]
+
+    async def _subscribe(self, task_ids: list[str]) -> None:
+        """Ask the hub to push these tasks' results on this session's stream."""
+        for page in pages(task_ids):
+            # Watched before the call: the hub pushes finished ones before it answers.
+            self._watched.update(page)
+            try:
+                await self._call("Subscribe", pb.SubscribeRequest(
+                    session_id=self.session_id, task_ids=page))
+            except BaseException:
+                # Not subscribed: a later wait must ask again, not wait for a push.
+                # (Earlier pages were: their results come, and are kept.)
+                self._watched.difference_update(page)
+                raise
 
     def _deliver(self, r: pb.TaskResult) -> None:
         tid = r.task_id
@@ -415,28 +445,49 @@ class AsyncClient:
                 if not f.done():
                     f.set_result(r)
             return
-        self._results[tid] = r
+        self._keep(r)
+
+    def _keep(self, r: pb.TaskResult) -> None:
+        """Cache a result nobody waits for yet (the newest CACHE_RESULTS)."""
+        self._results[r.task_id] = r
         while len(self._results) > CACHE_RESULTS:
             self._results.popitem(last=False)
 
     async def _ensure_watch(self) -> None:
-        if self._watch_ready is None:
+        if self._closed:
+            raise errors.FabricError("client is closed")
+        if self._watch_ready is None or (self._watch_task is not None and self._watch_task.done()):
+            # First use, or the stream ended for good (refused): open one again, so
+            # one refusal does not fail every later wait.
             self._watch_ready = asyncio.get_running_loop().create_future()
             self._watch_task = asyncio.create_task(self._watch_forever())
-        await asyncio.wait_for(asyncio.shield(self._watch_ready), self.retry_timeout)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._watch_ready), self.retry_timeout)
+        except asyncio.TimeoutError:  # it keeps trying; this call gives up
+            raise errors.HubUnavailable(f"no result stream from the hub at {self.address} "
+                                        f"after {self.retry_timeout}s") from None
 
     async def _watch_forever(self) -> None:
         delay = 0.05
         ready = self._watch_ready
         assert ready is not None
+        resubscribe: asyncio.Task[None] | None = None
         while not self._closed:
             try:
+                # A hub that restarted knows none of our ids: the first page goes with
+                # the Watch, the rest in Subscribe calls once the stream is up.
+                first, *rest = pages(self._watched) or [[]]
                 call = self.stub.Watch(pb.WatchRequest(session_id=self.session_id,
-                                                       task_ids=list(self._watched)),
+                                                       task_ids=first),
                                         metadata=self._metadata)
+                subscribed = False
                 async for batch in call:
-                    if not ready.done():
-                        ready.set_result(None)
+                    if not subscribed:
+                        subscribed = True
+                        if not ready.done():
+                            ready.set_result(None)
+                        if rest:
+                            resubscribe = asyncio.create_task(self._resubscribe(rest))
                     delay = 0.05
                     for r in batch.results:
                         if _TON: _trace(r.task_id, 'c_watch_in')
@@ -454,8 +505,21 @@ class AsyncClient:
                     self._fail_waiters(err)
                     return
                 log.info("result stream to %s broke (%s); reconnecting", self.address, exc.code().name)
+            finally:
+                if resubscribe is not None:
+                    resubscribe.cancel()  # the next stream starts over
+                    resubscribe = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def _resubscribe(self, id_pages: list[list[str]]) -> None:
+        """Interest in watched ids beyond the Watch call's first page, after a reconnect."""
+        try:
+            for page in id_pages:
+                await self._call("Subscribe", pb.SubscribeRequest(
+                    session_id=self.session_id, task_ids=[t for t in page if t in self._watched]))
+        except errors.FabricError as exc:  # the stream breaks too, and its reconnect retries
+            log.info("could not subscribe again to %d ids: %s", sum(map(len, id_pages)), exc)
 
     def _fetch_then_deliver(self, r: pb.TaskResult) -> None:
         """A big value is fetched off the result stream, so other results keep flowing."""

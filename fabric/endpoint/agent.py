@@ -54,6 +54,7 @@ class EndpointConfig:
     max_result_bytes: int = config.DEFAULT_MAX_PAYLOAD
     heartbeat_misses: int = config.DEFAULT_HEARTBEAT_MISSES
     max_retries: int = config.DEFAULT_MAX_RETRIES  # per task, unless the task says otherwise
+    output_tail_bytes: int = config.DEFAULT_OUTPUT_TAIL_BYTES  # of each task's output, kept
     state_dir: str | None = None  # default: $FABRIC_HOME/endpoints/NAME
     drain_timeout_s: float = 30.0
     relative_speed: float = 1.0  # declared to the scheduler until it has measured this endpoint
@@ -88,7 +89,8 @@ class Endpoint:
             workers=cfg.workers, on_results=self._on_results,
             max_result_bytes=cfg.max_result_bytes, max_retries=cfg.max_retries,
             run_dir=self.state.path, env=env,
-            gpus=gpu_ids() if cfg.engine.pin_gpus else ()))
+            gpus=gpu_ids() if cfg.engine.pin_gpus else (),
+            output_tail_bytes=cfg.output_tail_bytes))
         self.engine.on_capacity = self._on_capacity
         self.outbox: Outbox | None = None
         self.held: dict[str, WorkItem] = {}  # received, no result yet

@@ -3,7 +3,9 @@
 The endpoint agent (fabric/endpoint/agent.py) calls `submit` with tasks it got
 from the hub and gets every outcome back through `on_results`; it grants the
 hub `capacity()` credits. Each worker is a `python -m fabric.worker`
-subprocess spoken to over stdin/stdout frames (see fabric/worker/main.py).
+subprocess spoken to over stdin/stdout frames (see fabric/worker/main.py),
+through a `WorkerProcess` (fabric/endpoint/worker_process.py), which also
+sees the worker's death the moment it exits, whoever still holds its pipes.
 
 The pool keeps one FIFO queue and pushes tasks to the worker with the fewest
 outstanding, at most `per_worker_cap` each. The cap follows observed runtime
@@ -34,16 +36,15 @@ import os
 import sys
 import time
 from collections import deque
-from itertools import islice
 from typing import Any, Callable, Iterable
 
-from fabric.config import DEFAULT_MAX_PAYLOAD
+from fabric.config import DEFAULT_MAX_PAYLOAD, DEFAULT_OUTPUT_TAIL_BYTES
 from fabric.endpoint.engines.base import Engine
-from fabric.endpoint.supervision import (Kill, StartClock, describe_exit, overran,
-                                         running_index, settle_dead_worker, walltime_error)
+from fabric.endpoint.supervision import (Kill, describe_exit, overran, running_index,
+                                         settle_dead_worker, walltime_error)
+from fabric.endpoint.worker_process import WorkerProcess, kill as _kill, read_frame, spawn_worker
 from fabric.serialize import ErrorInfo
-from fabric.worker.main import (HEADER_BYTES, decode_frame, encode_frame, progress_file,
-                                read_progress, worker_command, worker_env)
+from fabric.worker.main import progress_file, read_progress, worker_command, worker_env
 from fabric.worker.runtime import WorkItem, WorkResult
 
 log = logging.getLogger("fabric.endpoint.pool")
@@ -77,37 +78,6 @@ def per_worker_cap(ewma_runtime_s: float | None, target_s: float = TARGET_QUEUED
     return max(lo, min(hi, math.ceil(target_s / ewma_runtime_s)))
 
 
-class _Worker:
-    __slots__ = ("proc", "pid", "outstanding", "functions", "done", "progress_fd", "clock",
-                 "accepting", "kill", "gpu")
-
-    def __init__(self, proc: asyncio.subprocess.Process, progress_fd: int,
-                 gpu: str | None = None) -> None:
-        self.proc = proc
-        self.gpu = gpu  # the one GPU this worker sees, when the pool pins GPUs
-        self.pid: int = proc.pid
-        self.progress_fd = progress_fd  # the worker counts tasks it started here
-        self.done = 0  # results received from it
-        # task_id -> item, in the order sent: the worker runs them in this order.
-        self.outstanding: dict[str, WorkItem] = {}
-        self.functions: set[str] = set()  # bodies this worker has already been sent
-        self.clock = StartClock()  # when its current task started (read by the watchdog)
-        self.accepting = True  # False once killed or its stream ended: no more tasks
-        self.kill: Kill | None = None  # why the pool killed it, if it did
-
-    def running(self, started: int | None) -> WorkItem | None:
-        """The task this worker started last, unless its result is already in."""
-        i = running_index(started, self.done, len(self.outstanding))
-        return None if i is None else next(islice(self.outstanding.values(), i, None))
-
-    def send(self, obj: Any) -> None:
-        header, payload = encode_frame(obj)
-        # Never awaits drain: submit() must not block. What is buffered is
-        # bounded by the per-worker cap; a dead pipe is noticed by the reader.
-        self.proc.stdin.write(header)
-        self.proc.stdin.write(payload)
-
-
 class WorkerPool(Engine):
     """The local engine. With `gpus`, worker i sees only GPU gpus[i]
     (CUDA_VISIBLE_DEVICES) and a replacement worker gets the GPU of the one it replaces."""
@@ -117,7 +87,8 @@ class WorkerPool(Engine):
     def __init__(self, workers: int, on_results: Callable[[list[WorkResult]], None], *,
                  max_result_bytes: int = DEFAULT_MAX_PAYLOAD, python: str = sys.executable,
                  env: dict[str, str] | None = None, max_retries: int = 0,
-                 gpus: tuple[str, ...] = (), isolated: bool = False) -> None:
+                 gpus: tuple[str, ...] = (), isolated: bool = False,
+                 output_tail_bytes: int = DEFAULT_OUTPUT_TAIL_BYTES) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
         if gpus and len(gpus) < workers:
@@ -126,6 +97,7 @@ class WorkerPool(Engine):
         self._gpus = tuple(gpus)
         self._on_results = on_results
         self._max_result_bytes = max_result_bytes
+        self._output_tail = output_tail_bytes  # kept of each task's output, in its result
         self._python = python
         # isolated: `env` is the workers' whole environment (a runtime's venv), without
         # this process's import path, which would mix its packages into the runtime's.
@@ -133,7 +105,7 @@ class WorkerPool(Engine):
         self._max_retries = max_retries
         self._queue: deque[WorkItem] = deque()
         self._bodies: dict[str, bytes] = {}
-        self._live: list[_Worker] = []
+        self._live: list[WorkerProcess] = []
         self._procs: set[asyncio.subprocess.Process] = set()  # every child not yet reaped
         self._progress_fds: set[int] = set()  # open progress files, closed once read
         self._retries: dict[str, int] = {}  # task_id -> reruns so far, after worker deaths
@@ -157,7 +129,7 @@ class WorkerPool(Engine):
         spawned = await asyncio.gather(*(self._spawn(self._gpu_for(i)) for i in range(self.workers)),
                                        return_exceptions=True)
         for w in spawned:
-            if isinstance(w, _Worker):
+            if isinstance(w, WorkerProcess):
                 self._adopt(w)
         failures = [w for w in spawned if isinstance(w, BaseException)]
         if failures:
@@ -259,7 +231,7 @@ class WorkerPool(Engine):
             self._retries.pop(tid, None)
         return cancelled
 
-    def _cancel_on_worker(self, w: _Worker, task_ids: list[str]) -> None:
+    def _cancel_on_worker(self, w: WorkerProcess, task_ids: list[str]) -> None:
         self._cancelled.update(task_ids)
         if not w.accepting:
             return  # dying: _worker_lost drops cancelled tasks
@@ -331,7 +303,7 @@ class WorkerPool(Engine):
         for i, batch in batches.items():
             self._send_tasks(self._live[i], batch)
 
-    def _send_tasks(self, w: _Worker, batch: list[WorkItem]) -> None:
+    def _send_tasks(self, w: WorkerProcess, batch: list[WorkItem]) -> None:
         timed = False
         for item in batch:
             w.outstanding[item.task_id] = item
@@ -356,21 +328,21 @@ class WorkerPool(Engine):
     def _gpu_for(self, i: int) -> str | None:
         return self._gpus[i] if self._gpus else None
 
-    async def _spawn(self, gpu: str | None = None) -> _Worker:
+    async def _spawn(self, gpu: str | None = None) -> WorkerProcess:
         progress_fd = progress_file()
         self._progress_fds.add(progress_fd)
         env = self._env if gpu is None else {**self._env, "CUDA_VISIBLE_DEVICES": gpu}
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *worker_command(self._python, self._max_result_bytes, progress_fd),
-                pass_fds=(progress_fd,), stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, env=env, limit=1 << 20)
+            proc = await spawn_worker(
+                worker_command(self._python, self._max_result_bytes, progress_fd,
+                               self._output_tail),
+                pass_fds=(progress_fd,), env=env)
         except BaseException:
             self._close_progress(progress_fd)
             raise
         self._procs.add(proc)
         try:
-            msg = await asyncio.wait_for(_read_frame(proc.stdout), START_TIMEOUT_S)
+            msg = await asyncio.wait_for(read_frame(proc.stdout), START_TIMEOUT_S)
             if not (isinstance(msg, tuple) and msg and msg[0] == "ready"):
                 raise RuntimeError(f"expected a ready message, got {msg!r:.200}")
         except BaseException as exc:
@@ -380,18 +352,18 @@ class WorkerPool(Engine):
                 raise
             raise RuntimeError(f"worker pid {proc.pid} ({self._python} -m fabric.worker) "
                                f"failed to start: {exc!r}") from exc
-        return _Worker(proc, progress_fd, gpu)
+        return WorkerProcess(proc, progress_fd, gpu)
 
-    def _adopt(self, w: _Worker) -> None:
+    def _adopt(self, w: WorkerProcess) -> None:
         self._live.append(w)
         job = asyncio.ensure_future(self._read_loop(w))
         self._readers.add(job)
         job.add_done_callback(self._readers.discard)
 
-    async def _read_loop(self, w: _Worker) -> None:
+    async def _read_loop(self, w: WorkerProcess) -> None:
         try:
             while True:
-                msg = await _read_frame(w.proc.stdout)
+                msg = await w.read_frame()
                 if msg[0] == "results":
                     self._on_frame(w, msg[1])
                 else:
@@ -405,18 +377,18 @@ class WorkerPool(Engine):
             _kill(w.proc)
         await self._worker_lost(w)
 
-    def _on_frame(self, w: _Worker, rows: list[tuple[Any, ...]]) -> None:
+    def _on_frame(self, w: WorkerProcess, rows: list[tuple[Any, ...]]) -> None:
         outstanding, ewma = w.outstanding, self._ewma
         w.done += len(rows)
         if self._cancelled:
             rows = self._drop_cancelled(w, rows)
         results = []
-        for task_id, ok, value, error, runtime_s, cold in rows:
+        for task_id, ok, value, error, runtime_s, cold, output, output_cut in rows:
             outstanding.pop(task_id, None)
             ewma = runtime_s if ewma is None else ewma + EWMA_ALPHA * (runtime_s - ewma)
             results.append(WorkResult(task_id, ok, value,
                                       None if error is None else ErrorInfo(*error), runtime_s,
-                                      cold))
+                                      cold, output, output_cut))
         if self._retries:
             for r in results:
                 self._retries.pop(r.task_id, None)
@@ -426,7 +398,7 @@ class WorkerPool(Engine):
             self._deliver(results)
         self._assign()
 
-    def _drop_cancelled(self, w: _Worker, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    def _drop_cancelled(self, w: WorkerProcess, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         cancelled = self._cancelled
         kept = []
         for row in rows:
@@ -443,12 +415,12 @@ class WorkerPool(Engine):
         except Exception:  # noqa: BLE001 - the agent's bug must not stop the pool
             log.exception("on_results callback failed")
 
-    async def _worker_lost(self, w: _Worker) -> None:
+    async def _worker_lost(self, w: WorkerProcess) -> None:
         # It stays in _live until its tasks are settled, so cancel() still finds them.
         w.accepting = False
         if self._closing:
             return  # shutdown reaps it; unfinished tasks are dropped by design
-        w.proc.stdin.close()
+        w.abandon_stdin()
         try:
             await asyncio.wait_for(w.proc.wait(), 5.0)
         except asyncio.TimeoutError:  # closed its stdout but kept running
@@ -500,7 +472,7 @@ class WorkerPool(Engine):
             return
 
     # ------------------------------------------------------------ killing on purpose
-    def _kill_worker(self, w: _Worker, kill: Kill, why: str) -> None:
+    def _kill_worker(self, w: WorkerProcess, kill: Kill, why: str) -> None:
         """SIGKILL a worker now; its reader then settles its tasks and replaces it."""
         log.warning("killing worker pid %d: %s (task %s)", w.pid, why, kill.task_id)
         w.kill, w.accepting = kill, False
@@ -530,16 +502,3 @@ class WorkerPool(Engine):
                 await asyncio.sleep(WATCHDOG_PERIOD_S)
         finally:
             self._watchdog = None
-
-
-async def _read_frame(stream: asyncio.StreamReader) -> Any:
-    header = await stream.readexactly(HEADER_BYTES)
-    return decode_frame(await stream.readexactly(int.from_bytes(header, "little")))
-
-
-def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass

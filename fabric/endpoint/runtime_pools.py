@@ -26,6 +26,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from fabric.config import DEFAULT_OUTPUT_TAIL_BYTES
 from fabric.endpoint.engines.base import Engine
 from fabric.endpoint.pool import INITIAL_CAP, WorkerPool
 from fabric.endpoint.runtimes import BuildError, BuiltRuntime, RuntimeCache
@@ -57,12 +58,14 @@ class RuntimePools(Engine):
     def __init__(self, workers: int, on_results: Callable[[list[WorkResult]], None], *,
                  run_dir: Path, max_result_bytes: int, max_retries: int,
                  env: dict[str, str] | None = None, gpus: tuple[str, ...] = (),
-                 cache: RuntimeCache | None = None) -> None:
+                 cache: RuntimeCache | None = None,
+                 output_tail_bytes: int = DEFAULT_OUTPUT_TAIL_BYTES) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
         self.workers = workers  # the budget, shared by all pools
         self._on_results = on_results
-        self._pool_args = {"max_result_bytes": max_result_bytes, "max_retries": max_retries}
+        self._pool_args = {"max_result_bytes": max_result_bytes, "max_retries": max_retries,
+                           "output_tail_bytes": output_tail_bytes}
         self._env = env
         self._gpus = tuple(gpus)
         self.cache = cache or RuntimeCache(Path(run_dir) / "runtimes")

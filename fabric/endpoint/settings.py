@@ -32,6 +32,7 @@ ENDPOINT_KEYS: dict[str, tuple[str, type]] = {
     "workers": ("workers", int),
     "prefetch": ("prefetch", int),
     "max_retries": ("max_retries", int),
+    "output_tail": ("output_tail_bytes", int),
     "heartbeat_misses": ("heartbeat_misses", int),
     "drain_timeout_s": ("drain_timeout_s", float),
     "speed": ("relative_speed", float),
@@ -67,6 +68,7 @@ token = ""                         # the endpoint's token, when the hub requires
 workers = {workers}                        # local engine: worker processes; parsl/dask: workers per node
 prefetch = 0                       # tasks held beyond what keeps the workers busy
 max_retries = {config.DEFAULT_MAX_RETRIES}                    # reruns of a task whose worker died, unless the task says
+output_tail = {config.DEFAULT_OUTPUT_TAIL_BYTES}                # bytes kept of each task's output (the last); 0 = none
 tls_ca = ""                        # CA certificate (PEM) to verify a TLS hub; "" = $FABRIC_TLS_CA
 allow_functions = []               # run only these function ids ...
 allow_owners = []                  # ... or functions registered by these users; both [] = any
@@ -167,6 +169,8 @@ def endpoint_config(name: str, file_values: dict[str, Any], overrides: dict[str,
     cfg = EndpointConfig(name=name, engine=eng, **fields)
     if cfg.workers < 1:
         raise BadConfig(f"endpoint {name}: workers must be at least 1")
+    if cfg.output_tail_bytes < 0:
+        raise BadConfig(f"endpoint {name}: output_tail must be 0 or more bytes")
     return cfg
 
 

@@ -38,7 +38,7 @@ from fabric.wire import error_kind, to_status
 
 log = logging.getLogger("fabric.hub")
 
-MAX_IDS_PER_CALL = 100_000
+MAX_IDS_PER_CALL = config.MAX_IDS_PER_CALL
 MAX_ID_LENGTH = 128
 MAX_TASKS_LISTED = 10_000
 RESULTS_PER_READ = 256  # GetResults reads the store this many ids at a time

@@ -1,4 +1,4 @@
-"""The worker process: `python -m fabric.worker --max-result-bytes N`.
+"""The worker process: `python -m fabric.worker --max-result-bytes N --output-tail N`.
 
 Started and fed by the endpoint's `WorkerPool` (fabric/endpoint/pool.py),
 which owns the other end of its stdin/stdout. Both sides speak length-prefixed
@@ -11,8 +11,15 @@ bytes inside the envelope; only `runtime.run_task` unpickles it.
                      ("cancel", [task_id, ...])          skip these if not yet started
                      ("stop",)
     worker -> pool   ("ready", pid)                      once, at start
-                     ("results", [(task_id, ok, value, error_tuple | None, runtime_s, cold), ...])
+                     ("results", [(task_id, ok, value, error_tuple | None, runtime_s, cold,
+                                   output, output_cut), ...])
                      error_tuple = (type_name, message, traceback, exception_bytes, kind)
+
+What a task prints (fds 1 and 2) is kept per task as a bounded tail that goes
+with its result (`output`; `output_cut` bytes before it were dropped; see
+fabric/worker/output.py); the worker's own messages go to the stderr it was
+started with, the endpoint's. A child the task forks gets neither the frame
+pipes nor that stderr (see `_forget_in_forked_child`).
 
 Results are batched adaptively: after a task the worker sends what it has if
 no further task is waiting, or once the oldest unsent result is 5 ms old;
@@ -41,11 +48,13 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import deque
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
-from fabric.config import DEFAULT_MAX_PAYLOAD
+from fabric.config import DEFAULT_MAX_PAYLOAD, DEFAULT_OUTPUT_TAIL_BYTES
+from fabric.worker.output import OutputTail
 from fabric.worker.runtime import FunctionCache, run_task
 
 HEADER_BYTES = 8
@@ -54,7 +63,8 @@ BATCH_WINDOW_S = 0.005
 #: Size of the shared "tasks started" counter (native unsigned 64-bit).
 PROGRESS_BYTES = 8
 #: The row a skipped (cancelled) task answers with; the pool drops it.
-_SKIPPED = (False, b"", ("TaskCancelled", "cancelled before it started", "", b"", "cancelled"), 0.0, False)
+_SKIPPED = (False, b"", ("TaskCancelled", "cancelled before it started", "", b"", "cancelled"), 0.0, False,
+            b"", 0)
 
 
 # ------------------------------------------------------------------ framing
@@ -106,9 +116,11 @@ def read_progress(fd: int) -> int | None:
         return None
 
 
-def worker_command(python: str, max_result_bytes: int, progress_fd: int | None = None) -> list[str]:
+def worker_command(python: str, max_result_bytes: int, progress_fd: int | None = None,
+                   output_tail: int = DEFAULT_OUTPUT_TAIL_BYTES) -> list[str]:
     """The command line that starts a worker (the pool runs it)."""
-    cmd = [python, "-m", "fabric.worker", "--max-result-bytes", str(max_result_bytes)]
+    cmd = [python, "-m", "fabric.worker", "--max-result-bytes", str(max_result_bytes),
+           "--output-tail", str(output_tail)]
     return cmd if progress_fd is None else [*cmd, "--progress-fd", str(progress_fd)]
 
 
@@ -127,8 +139,11 @@ def worker_env(env: dict[str, str] | None) -> dict[str, str]:
 # ------------------------------------------------------------------ the worker
 class _Worker:
     def __init__(self, frames_in: BinaryIO, frames_out: BinaryIO, max_result_bytes: int,
-                 progress: memoryview | None = None) -> None:
+                 progress: memoryview | None = None, output: OutputTail | None = None,
+                 diagnostics: TextIO = sys.stderr) -> None:
         self.frames_out = frames_out
+        self.output = output
+        self.diagnostics = diagnostics  # for this worker's own messages
         self.max_result_bytes = max_result_bytes
         self.progress = progress
         self.started = 0
@@ -157,7 +172,7 @@ class _Worker:
                     return
         except BaseException as exc:  # noqa: BLE001 - a corrupt frame ends the worker, loudly
             print(f"fabric worker {os.getpid()}: bad frame from the pool: {exc!r}",
-                  file=sys.stderr, flush=True)
+                  file=self.diagnostics, flush=True)
             self.inbox.put(None)
 
     def _flush_when_due(self) -> None:
@@ -212,7 +227,7 @@ class _Worker:
             self.skip.update(tid for tid in msg[1] if tid in waiting)
         else:
             print(f"fabric worker {os.getpid()}: ignoring unknown message {msg[0]!r}",
-                  file=sys.stderr, flush=True)
+                  file=self.diagnostics, flush=True)
         return True
 
     def run(self) -> None:
@@ -238,12 +253,16 @@ class _Worker:
                 self.skip.discard(task_id)
                 row = (task_id, *_SKIPPED)
             else:
+                output = self.output
+                if output is not None:
+                    output.begin()
                 r = run_task(task_id, function_id, args, cache=self.cache,
                              max_result_bytes=self.max_result_bytes)
                 e = r.error
+                said, cut = output.take() if output is not None else (b"", 0)
                 row = (r.task_id, r.ok, r.value, None if e is None else
                        (e.type_name, e.message, e.traceback, e.exception, e.kind), r.runtime_s,
-                       r.cold)
+                       r.cold, said, cut)
                 del r
             del args
             while not inbox.empty():  # take in whatever arrived while the task ran
@@ -265,36 +284,58 @@ class _Worker:
                     lock.notify()
 
 
+def _forget_in_forked_child(fds: list[int]) -> None:
+    """A child forked by a task (os.fork, multiprocessing) gives up the worker's
+    private fds: holding the frame pipes would hide the worker's death from the
+    pool, and flushing a copy of a frame buffer at exit would corrupt the stream.
+    /dev/null takes their place, so the copied file objects stay harmless."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in fds:
+        os.dup2(null, fd, inheritable=False)
+    os.close(null)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fabric.worker")
     parser.add_argument("--max-result-bytes", type=int, default=DEFAULT_MAX_PAYLOAD)
     parser.add_argument("--progress-fd", type=int, default=None,
                         help="an 8-byte file this worker counts started tasks in (from the pool)")
+    parser.add_argument("--output-tail", type=int, default=DEFAULT_OUTPUT_TAIL_BYTES,
+                        help="bytes of each task's output (stdout and stderr) kept: the last ones")
     opts = parser.parse_args(argv)
 
     # Ctrl-C in a terminal reaches the whole process group; the pool decides
     # when workers stop, so a worker must not die mid-task of SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    # Keep private copies of the frame fds, then point fds 0/1 elsewhere so a
-    # user's print() or input() cannot corrupt or eat the frame stream.
+    # Keep private copies of the frame fds and of stderr (not inheritable: a
+    # program a task runs does not get them), then point fds 0/1/2 elsewhere so a
+    # user's print() or input() cannot corrupt or eat the frame stream, nor fill
+    # the endpoint's log.
     sys.stdout.flush()
     frames_in = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
     frames_out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
-    os.dup2(2, 1)
+    diagnostics = os.fdopen(os.dup(2), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    output = OutputTail(opts.output_tail)
+    private = [f.fileno() for f in (frames_in, frames_out, diagnostics)]
+    os.register_at_fork(after_in_child=lambda: _forget_in_forked_child(
+        [*private, *([output.fd] if output.fd is not None else [])]))
 
     progress = None
     if opts.progress_fd is not None:
         progress = memoryview(mmap.mmap(opts.progress_fd, PROGRESS_BYTES)).cast("Q")
         os.close(opts.progress_fd)  # the mapping keeps the memory; user code need not see the fd
-    worker = _Worker(frames_in, frames_out, opts.max_result_bytes, progress)
+    worker = _Worker(frames_in, frames_out, opts.max_result_bytes, progress, output, diagnostics)
     try:
         worker.run()
     except BrokenPipeError:
         pass  # the pool is gone; nobody is left to tell
+    except Exception:
+        traceback.print_exc(file=diagnostics)  # not into a task's output
+        raise SystemExit(1)
     finally:
         try:
             sys.stdout.flush()

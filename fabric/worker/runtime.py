@@ -38,7 +38,8 @@ class WorkItem:
 
 @dataclass(slots=True)
 class WorkResult:
-    """The outcome of one task: `value` (pickled) when ok, else `error`."""
+    """The outcome of one task: `value` (pickled) when ok, else `error`; `output` is
+    the tail of what it printed, `output_cut` how many bytes before that were dropped."""
 
     task_id: str
     ok: bool
@@ -46,6 +47,8 @@ class WorkResult:
     error: ErrorInfo | None = None
     runtime_s: float = 0.0
     cold: bool = False  # this call loaded the function: runtime_s includes the load
+    output: bytes = b""
+    output_cut: int = 0
 
 
 class FunctionCache:
@@ -185,13 +188,14 @@ def result_row(r: WorkResult) -> tuple[Any, ...]:
     receiving side decodes it without importing anything)."""
     e = r.error
     return (r.task_id, r.ok, r.value, None if e is None else
-            (e.type_name, e.message, e.traceback, e.exception, e.kind), r.runtime_s, r.cold)
+            (e.type_name, e.message, e.traceback, e.exception, e.kind), r.runtime_s, r.cold,
+            r.output, r.output_cut)
 
 
 def result_from_row(row: tuple[Any, ...]) -> WorkResult:
-    task_id, ok, value, error, runtime_s, cold = row
+    task_id, ok, value, error, runtime_s, cold, output, output_cut = row
     return WorkResult(task_id, ok, value, None if error is None else ErrorInfo(*error),
-                      runtime_s, cold)
+                      runtime_s, cold, output, output_cut)
 
 
 def _failed(task_id: str, exc: BaseException, kind: str, context: str = "") -> WorkResult:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fabric import config
 from fabric.endpoint.engines.base import Engine, ResultsCallback
 from fabric.errors import EngineUnavailable
 
@@ -89,6 +90,9 @@ class EngineContext:
     run_dir: Path  # logs and scratch files of the engine (the endpoint's state folder)
     env: dict[str, str] | None = None
     gpus: tuple[str, ...] = ()  # device ids to pin workers to, when pin_gpus
+    #: Bytes of each task's output kept with its result (local engine; Parsl and
+    #: Dask workers log output their own way).
+    output_tail_bytes: int = config.DEFAULT_OUTPUT_TAIL_BYTES
 
 
 def require(kind: str) -> None:
@@ -125,7 +129,8 @@ def make_engine(cfg: EngineConfig, ctx: EngineContext) -> Engine:
     # A WorkerPool per runtime (the endpoint's own Python first), sharing `workers`.
     return RuntimePools(workers, ctx.on_results, run_dir=ctx.run_dir,
                         max_result_bytes=ctx.max_result_bytes, max_retries=ctx.max_retries,
-                        env=ctx.env, gpus=ctx.gpus if cfg.pin_gpus else ())
+                        env=ctx.env, gpus=ctx.gpus if cfg.pin_gpus else (),
+                        output_tail_bytes=ctx.output_tail_bytes)
 
 
 __all__ = ["Engine", "EngineConfig", "EngineContext", "KINDS", "PROVIDERS", "make_engine",
