@@ -430,8 +430,8 @@ def _broken(o: Outcome) -> bool:
 
 def markdown(outcomes: list[Outcome], payload: dict[str, Any]) -> str:
     lines = [f"# Chaos: {payload['tasks']:,} tasks of {payload['task_ms']} ms per scenario, "
-             f"2 endpoints x {payload['workers']} workers", "", f"{payload['when']}, {payload['machine']['cpus']} CPUs, "
-             f"Python {payload['machine']['python']}", "",
+             f"2 endpoints x {payload['workers']} workers", "",
+             f"{payload['when']}, {payload['machine']['cpus']} CPUs, Python {payload['machine']['python']}", "",
              "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
              "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for o in outcomes:
@@ -439,8 +439,8 @@ def markdown(outcomes: list[Outcome], payload: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(_cell(d[k], f) for k, _, f in COLUMNS) + " |")
     lines += ["", "lost = submitted - final. dup results = tasks the client was handed two "
               "different results for. client diff = results the waiting client was handed that "
-              "differ from the hub's record (read afterwards by a fresh client). re-runs = executions beyond one per task "
-              "(at-least-once delivery). detect/requeue: from the fault until the hub's "
+              "differ from the hub's record (read afterwards by a fresh client). re-runs = "
+              "executions beyond one per task (at-least-once delivery). detect/requeue: from the fault until the hub's "
               "links_lost/requeued counters moved. 1st elsewhere: until the first task the "
               "victim held completed on another endpoint.", ""]
     for o in outcomes:

@@ -215,7 +215,8 @@ def delta_mix(n: int = 2000, seed: int = 0, arrival: str = "waves", span_s: floa
     sizes = {"preprocess": (1 * MB, 20 * MB), "infer": (100_000, 2 * MB),
              "train": (10 * MB, 50 * MB)}
     return _make("delta-mix", "5 functions 0.05-6 s, payloads up to 50 MB, one needs a GPU, "
-                 "one 6x faster on a GPU, 2% stragglers (8x) among the short ones", fns, sizes, n, seed, arrival, span_s)
+                 "one 6x faster on a GPU, 2% stragglers (8x) among the short ones", fns, sizes, n, seed,
+                 arrival, span_s)
 
 
 WORKLOADS = {"uniform": uniform, "bimodal": bimodal, "data-heavy": data_heavy,

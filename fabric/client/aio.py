@@ -240,12 +240,15 @@ class AsyncClient:
         if watching:
             self._watched.update(ids)
         self._submitting.update(ids)
-        if _TON: _trace(ids[0], 'c_rpc')
+        if _TON:
+            _trace(ids[0], 'c_rpc')
         try:
-            if _TON: _trace(ids[0], 'c_upload')
+            if _TON:
+                _trace(ids[0], 'c_upload')
             await self.payloads.upload_args(req.tasks)
             await self._send_submission(req)
-            if _TON: _trace(ids[0], 'c_acked')
+            if _TON:
+                _trace(ids[0], 'c_acked')
         except errors.FabricError as exc:
             self._submitting.difference_update(ids)
             failed = [i[0].task_id for i in items]
@@ -490,7 +493,8 @@ class AsyncClient:
                             resubscribe = asyncio.create_task(self._resubscribe(rest))
                     delay = 0.05
                     for r in batch.results:
-                        if _TON: _trace(r.task_id, 'c_watch_in')
+                        if _TON:
+                            _trace(r.task_id, 'c_watch_in')
                         if r.value_blob:
                             self._fetch_then_deliver(r)
                         elif is_final(r):

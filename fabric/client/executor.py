@@ -88,7 +88,8 @@ class Executor(cf.Executor):
             self._queued.append(sub)
             first = len(self._queued) == 1
         fut.add_done_callback(self._on_future_done)
-        if _TON: _trace(sub.task_id, 'c_submit')
+        if _TON:
+            _trace(sub.task_id, 'c_submit')
         if first:  # one wake-up per burst, not per call
             self.client.call_soon(self._send_queued)
         return fut
@@ -130,7 +131,8 @@ class Executor(cf.Executor):
             fut = self._futures.pop(r.task_id, None)
         if fut is None:
             return False
-        if _TON: _trace(r.task_id, 'c_setresult')
+        if _TON:
+            _trace(r.task_id, 'c_setresult')
         if not fut.set_running_or_notify_cancel():
             return True  # cancelled meanwhile
         try:

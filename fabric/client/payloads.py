@@ -69,10 +69,12 @@ class Payloads:
         if not r.value_blob:
             return r
         try:
-            if _TON: _trace(r.task_id, 'c_fetch')
+            if _TON:
+                _trace(r.task_id, 'c_fetch')
             r.value = await blobs.download(self._stub(), r.value_blob, self._metadata,
                                            retry_for=self._retry_for)
-            if _TON: _trace(r.task_id, 'c_fetched')
+            if _TON:
+                _trace(r.task_id, 'c_fetched')
         except errors.FabricError as exc:
             r.state = pb.FAILED
             r.error.CopyFrom(pb.TaskError(

@@ -274,7 +274,8 @@ class Endpoint:
                 for fn in msg.functions:
                     self.engine.add_function(fn.function_id, fn.body)
             if msg.tasks:
-                if _TON: _trace(msg.tasks[0].task_id, 'e_task_in')
+                if _TON:
+                    _trace(msg.tasks[0].task_id, 'e_task_in')
                 items = [WorkItem(t.task_id, t.function_id, t.args, walltime_s=t.walltime_s,
                                   max_retries=t.max_retries if t.HasField("max_retries") else None,
                                   runtime=t.runtime)
@@ -328,7 +329,8 @@ class Endpoint:
                 last_beat = now
             if (msg.results or msg.credits or msg.HasField("heartbeat") or msg.draining
                     or msg.batch_echo):
-                if _TON and msg.results: _trace(msg.results[0].task_id, 'e_write')
+                if _TON and msg.results:
+                    _trace(msg.results[0].task_id, 'e_write')
                 await call.write(msg)
 
     def _credits_wanted(self) -> int:
@@ -420,7 +422,8 @@ class Endpoint:
             if r.error is not None:
                 m.error.CopyFrom(error_to_proto(r.error))
             fresh.append(m)
-        if _TON: _trace(fresh[0].task_id, 'e_result_in')
+        if _TON:
+            _trace(fresh[0].task_id, 'e_result_in')
         for m in fresh:
             self.unacked[m.task_id] = m
             if m.task_id in self._values:
@@ -445,7 +448,8 @@ class Endpoint:
             for r in results:
                 if r.task_id in self._values:
                     asyncio.create_task(self._save_big(r))
-            if _TON: _trace(results[0].task_id, 'e_outboxed')
+            if _TON:
+                _trace(results[0].task_id, 'e_outboxed')
 
     async def _save_big(self, r: pb.TaskResult) -> None:
         # Hundreds of megabytes take a while to write: not on the loop, which meanwhile

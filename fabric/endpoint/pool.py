@@ -320,7 +320,8 @@ class WorkerPool(Engine):
                     w.send(("functions", bodies))
                     w.functions.update(f for f, _ in bodies)
             w.send(("tasks", [(t.task_id, t.function_id, t.args) for t in batch]))
-            if _TON: _trace(batch[0].task_id, 'e_to_worker')
+            if _TON:
+                _trace(batch[0].task_id, 'e_to_worker')
         except Exception as exc:  # noqa: BLE001 - its reader will see it die and requeue
             log.warning("could not send tasks to worker pid %d: %r", w.pid, exc)
 

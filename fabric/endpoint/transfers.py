@@ -74,12 +74,14 @@ class Transfers:
         (deleted, damaged); None when the hub no longer has the task out here (it was
         requeued elsewhere while our link was down, or cancelled)."""
         try:
-            if _TON: _trace(item.task_id, 'e_fetch')
+            if _TON:
+                _trace(item.task_id, 'e_fetch')
             item.args = await self._until_done(lambda: blobs.download(
                 self.stub, blob_id, self.metadata, task_id=item.task_id,
                 endpoint_id=endpoint_id() or "", retry_for=ATTEMPT_S),
                 f"arguments of task {item.task_id}")
-            if _TON: _trace(item.task_id, 'e_fetched')
+            if _TON:
+                _trace(item.task_id, 'e_fetched')
         except errors.PermissionDenied:
             return None
         except errors.FabricError as exc:
@@ -95,12 +97,14 @@ class Transfers:
         or, if the hub refused it (too big), a failure saying so. None when the hub
         no longer has the task out here: nobody waits for it."""
         try:
-            if _TON: _trace(m.task_id, 'e_upload')
+            if _TON:
+                _trace(m.task_id, 'e_upload')
             blob_id = await self._until_done(lambda: blobs.upload(
                 self.stub, value, self.metadata, task_id=m.task_id,
                 endpoint_id=endpoint_id() or "", retry_for=ATTEMPT_S),
                 f"result of task {m.task_id}")
-            if _TON: _trace(m.task_id, 'e_uploaded')
+            if _TON:
+                _trace(m.task_id, 'e_uploaded')
         except errors.PermissionDenied:
             return None
         except errors.FabricError as exc:

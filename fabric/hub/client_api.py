@@ -179,7 +179,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         p = caller()
         owner = p.user
         session_id = self.session(p, request.session_id)
-        if _TON: _trace(request.tasks[0].task_id, 'h_submit_in')
+        if _TON:
+            _trace(request.tasks[0].task_id, 'h_submit_in')
         check_ids([t.task_id for t in request.tasks], "task")
         for t in request.tasks:  # a live id of someone else's is not ours to resubmit or watch
             other = self.d.tasks.get(t.task_id) or self.d.finisher.get(t.task_id)
@@ -237,7 +238,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                      t.max_retries, json.dumps(t.needs.to_dict()) if t.needs != NO_NEEDS else None,
                      t.args_blob)
                     for t in live]
-            if _TON: _trace(request.tasks[0].task_id, 'h_insert')
+            if _TON:
+                _trace(request.tasks[0].task_id, 'h_insert')
             stored = self.store.insert_tasks(rows)
         except BaseException:
             self.d.unroute(live)  # nothing was stored: nothing may stay counted
@@ -246,7 +248,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         # call: a client killed mid-batch cancels the await, not the commit.
         stored.add_done_callback(functools.partial(self._queue_stored, live, session_id))
         existing = await asyncio.shield(stored)  # acknowledged only once committed
-        if _TON: _trace(request.tasks[0].task_id, 'h_inserted')
+        if _TON:
+            _trace(request.tasks[0].task_id, 'h_inserted')
         foreign: dict[str, str] = {}
         if existing:  # stored before (a retried Submit), or another user's id
             rows = await self.store.get_tasks(list(existing))
@@ -258,7 +261,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         if existing:
             # Already stored (and perhaps finished): push what we know to the watcher.
             await self._push_known(session_id, list(existing))
-        if _TON: _trace(request.tasks[0].task_id, 'h_submit_out')
+        if _TON:
+            _trace(request.tasks[0].task_id, 'h_submit_out')
         return pb.SubmitReply(task_ids=[t.task_id for t in request.tasks])
 
     def _queue_stored(self, live: list[LiveTask], session_id: str,
@@ -428,7 +432,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 batch = await session.next_batch()
                 if not batch:
                     return
-                if _TON: _trace(batch[0].task_id, 'h_watch_out')
+                if _TON:
+                    _trace(batch[0].task_id, 'h_watch_out')
                 yield pb.ResultBatch(results=batch)
         finally:
             self.sessions.close(session)

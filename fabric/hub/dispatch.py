@@ -325,7 +325,8 @@ class Dispatcher:
                 msg.functions.add(function_id=fn.function_id, body=fn.body)
                 link.sent_functions.add(t.function_id)
                 size += len(fn.body)
-            if _TON: _trace(tid, 'h_take')
+            if _TON:
+                _trace(tid, 'h_take')
             task = msg.tasks.add(task_id=tid, function_id=t.function_id, args=t.args,
                                  walltime_s=t.walltime_s)
             if t.args_blob:  # the endpoint fetches these itself (EndpointApi.GetBlob)
@@ -362,7 +363,8 @@ class Dispatcher:
         """Record results; the first one for a task wins, later ones are only
         acknowledged (once the first is stored: see `Finisher.owe_ack`)."""
         now = time.time()
-        if _TON: _trace(results[0].task_id, 'h_result_in')
+        if _TON:
+            _trace(results[0].task_id, 'h_result_in')
         fresh: list[Outcome] = []
         dup: list[str] = []
         repeats = 0
@@ -410,7 +412,8 @@ class Dispatcher:
         if fresh:
             # Stored first, then published and acknowledged: a client never has a
             # result the store lacks, and the endpoint keeps it until it is stored.
-            if _TON: _trace(fresh[0].result.task_id, 'h_publish')
+            if _TON:
+                _trace(fresh[0].result.task_id, 'h_publish')
             self.finisher.finish(fresh)
 
     def wake_all(self) -> None:
@@ -478,4 +481,4 @@ class Dispatcher:
     def expire_links(self, silent_after: float) -> list[Link]:
         """Links that have said nothing for `silent_after` seconds."""
         now = time.monotonic()
-        return [l for l in self.links.values() if now - l.last_heard > silent_after]
+        return [link for link in self.links.values() if now - link.last_heard > silent_after]

@@ -13,7 +13,6 @@ from fabric.worker.trace import ON as _TON, trace as _trace
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from typing import Any
@@ -168,7 +167,8 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
             msg = self.d.take(link)
             if msg is not None:
                 await context.write(msg)
-                if _TON and msg.tasks: _trace(msg.tasks[0].task_id, 'h_written')
+                if _TON and msg.tasks:
+                    _trace(msg.tasks[0].task_id, 'h_written')
 
     # ------------------------------------------------------------ big payloads
     def _checked(self, link: Link, r: pb.TaskResult) -> pb.TaskResult:

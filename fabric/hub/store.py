@@ -299,7 +299,8 @@ class TaskStore(GroupCommitter):
         def op(conn: sqlite3.Connection) -> tuple[int, int]:
             purged = conn.execute(
                 f"UPDATE tasks SET state={int(TaskState.PURGED)}, value=NULL, error=NULL, "
-                f"args=NULL, args_blob=NULL, value_blob=NULL, collected_at=COALESCE(collected_at, ?) WHERE state IN ({final}) "
+                "args=NULL, args_blob=NULL, value_blob=NULL, collected_at=COALESCE(collected_at, ?) "
+                f"WHERE state IN ({final}) "
                 "AND (collected_at < ? OR completed_at < ?)",
                 (time.time(), collected_before, completed_before),
             ).rowcount

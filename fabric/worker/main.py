@@ -166,7 +166,8 @@ class _Worker:
         try:
             while True:
                 msg = read_frame(stream)
-                if _TON and msg and msg[0] == 'tasks': _trace(msg[1][0][0], 'w_frame_in')
+                if _TON and msg and msg[0] == 'tasks':
+                    _trace(msg[1][0][0], 'w_frame_in')
                 self.inbox.put(msg)
                 if msg is None:
                     return
@@ -205,7 +206,8 @@ class _Worker:
     def _send_results(self) -> None:
         out, self.out = self.out, []
         self._send(("results", out))
-        if _TON: _trace(out[0][0], 'w_sent')
+        if _TON:
+            _trace(out[0][0], 'w_sent')
 
     def flush(self) -> None:
         with self.lock:
@@ -242,7 +244,8 @@ class _Worker:
                     return
                 continue
             task_id, function_id, args = self.pending.popleft()
-            if _TON: _trace(task_id, 'w_run')
+            if _TON:
+                _trace(task_id, 'w_run')
             # Tell the pool, through shared memory, how many tasks have started:
             # if this one kills us, it knows which task to blame (results still
             # buffered here are lost with us and those tasks simply run again).
