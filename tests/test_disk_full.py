@@ -185,7 +185,7 @@ def test_finishing_tasks_frees_room_on_a_full_disk(small_disk):
         with pytest.raises(errors.StorageFull):
             budget.check(256 * KiB)  # new work: no room
         done = [(int(TaskState.SUCCESS), b"ok", None, None, None, "ep", time.time(), 0.1,
-                 f"t{i}") for i in range(36)]
+                 f"t{i}", None) for i in range(36)]
         await store.finish_tasks(done)  # 9 MiB of arguments dropped with 128 KiB free
         rows = await store.get_tasks([f"t{i}" for i in range(40)], with_result=True)
         assert [rows[f"t{i}"].state for i in range(36)] == [TaskState.SUCCESS] * 36

@@ -238,6 +238,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                      t.max_retries, json.dumps(t.needs.to_dict()) if t.needs != NO_NEEDS else None,
                      t.args_blob)
                     for t in live]
+            for t in live:
+                t.submitted_at = now
             if _TON:
                 _trace(request.tasks[0].task_id, 'h_insert')
             stored = self.store.insert_tasks(rows)
@@ -487,6 +489,9 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         state = TaskState(request.state) if request.state else None
         eid = self.resolve_endpoint(request.endpoint) if request.endpoint else None
         p = caller()
+        if state in (TaskState.QUEUED, TaskState.DISPATCHED):
+            # Whether an unfinished task runs, and where, is known in memory only.
+            return pb.ListTasksReply(tasks=self._live_tasks(limit, state, eid, p))
         rows = await self.store.list_tasks(limit, state, eid, None if p.is_admin else p.user)
         out = []
         for r in rows:
@@ -506,6 +511,25 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             ).to_proto())
         return pb.ListTasksReply(tasks=out)
 
+    def _live_tasks(self, limit: int, state: TaskState, endpoint_id: str | None,
+                    p: Principal) -> list[pb.TaskInfo]:
+        """The caller's newest unfinished tasks in `state` (queued, or sent to an endpoint)."""
+        out = []
+        for t in reversed(self.d.tasks.values()):  # submission order, newest last
+            if t.state is not state or (endpoint_id and t.endpoint_id != endpoint_id) or \
+                    not (p.is_admin or t.owner == p.user):
+                continue
+            fn = self.d.functions.get(t.function_id)
+            ep = self.d.endpoints.get(t.endpoint_id or "")
+            out.append(TaskInfo(
+                task_id=t.task_id, function_id=t.function_id, function_name=fn.name if fn else "",
+                state=t.state, endpoint_id=t.endpoint_id or "", endpoint_name=ep.name if ep else "",
+                route_reason=t.reason or "", submitted_at=t.submitted_at, completed_at=0.0,
+                runtime_s=0.0, error_type="").to_proto())
+            if len(out) >= limit:
+                break
+        return out
+
     @_rpc
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusReply:
         """The caller's view: their tasks and functions, the endpoints they may use
@@ -514,6 +538,14 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         everything = p.is_admin
         by_state, functions, (blobs, blob_bytes) = await self.store.counts(
             None if everything else p.user)
+        # The store knows a task is unfinished; memory knows whether it was sent yet.
+        unfinished = by_state.pop(TaskState.QUEUED, 0) + by_state.pop(TaskState.DISPATCHED, 0)
+        sent = sum(1 for t in self.d.tasks.values() if t.state is TaskState.DISPATCHED
+                   and (everything or t.owner == p.user))
+        sent = min(sent, unfinished)
+        for s, n in ((TaskState.QUEUED, unfinished - sent), (TaskState.DISPATCHED, sent)):
+            if n:
+                by_state[s] = n
         visible = [rec for rec in self.d.endpoints.values()
                    if everything or self.access.may_use_endpoint(p.user, rec)]
         return HubStatus(

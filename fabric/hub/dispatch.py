@@ -188,7 +188,6 @@ class Dispatcher:
             self.link_lost(old)
         self.links[link.endpoint_id] = link
         self.endpoints[link.endpoint_id] = link.endpoint
-        claimed = []
         for tid in held_task_ids:
             t = self.tasks.get(tid)
             if t is None and self.finisher.owe_ack(tid, link.endpoint_id):
@@ -202,9 +201,8 @@ class Dispatcher:
             # endpoint's copy is as good as a fresh dispatch, and saves running it twice.
             t.state, t.endpoint_id = step(t.state, Event.DISPATCH).state, link.endpoint_id
             link.in_flight.add(tid)
-            claimed.append(tid)
-        if claimed:
-            self.store.mark_dispatched(claimed, link.endpoint_id, time.time())
+        # (Nothing is written: that a task runs, and where, lives in memory; after a hub
+        # restart the endpoint that holds it claims it again by its id.)
         if not self.settling:
             self.rebalance()
         self.route_held()
@@ -239,7 +237,6 @@ class Dispatcher:
             return 0
         pinned = [t for t in tasks if t.requested]
         free = self.route([t for t in tasks if not t.requested])
-        self.store.mark_queued([t.task_id for t in tasks])
         self.enqueue(pinned + free, front=True)
         self.counters["requeued"] += len(tasks)
         return len(tasks)
@@ -345,7 +342,6 @@ class Dispatcher:
         if sent:
             now = time.time()
             msg.sent_at = link.probe_stamp(size, now)
-            self.store.mark_dispatched(sent, link.endpoint_id, now)
             if q and link.credits > 0:
                 link.wake.set()  # more to send: go round again after this write
         if link.acks:

@@ -47,7 +47,7 @@ class Outcome:
     """One task's final outcome, not stored yet."""
 
     result: pb.TaskResult  # what waiting clients get once it is stored
-    row: tuple[Any, ...]  # for TaskStore.finish_tasks
+    row: tuple[Any, ...]  # for TaskStore.finish_tasks (the Finisher adds collected_at)
     owner: str
     was: TaskState  # what lookups report until it is stored
     ack_to: set[str] = field(default_factory=set)  # endpoint ids to acknowledge it to
@@ -123,10 +123,15 @@ class Finisher:
         except errors.StorageFull as exc:
             self._hold(batch, exc)
             return
-        done = self._store.finish_tasks([o.row for o in batch])
-        done.add_done_callback(lambda fut: self._written(batch, fut))
+        # A result a client waits for is pushed to it as soon as it is stored: record it
+        # as collected in the same write (the retention clock starts), not in a third one.
+        now = time.time()
+        watched = {o.result.task_id for o in batch if self._sessions.watched(o.result.task_id)}
+        done = self._store.finish_tasks([(*o.row, now if o.result.task_id in watched else None)
+                                         for o in batch])
+        done.add_done_callback(lambda fut: self._written(batch, watched, fut))
 
-    def _written(self, batch: list[Outcome], fut: asyncio.Future[None]) -> None:
+    def _written(self, batch: list[Outcome], watched: set[str], fut: asyncio.Future[None]) -> None:
         exc = fut.exception()
         if exc is not None:
             self._hold(batch, exc)
@@ -136,7 +141,7 @@ class Finisher:
             self.pending.pop(o.result.task_id, None)
             for eid in o.ack_to:
                 acks.setdefault(eid, []).append(o.result.task_id)
-        self._sessions.publish([o.result for o in batch])
+        self._sessions.publish([o.result for o in batch], marked=watched)
         for eid, ids in acks.items():
             link = self._links.get(eid)
             if link is not None and not link.closed:  # else: replayed on reconnect, acked then

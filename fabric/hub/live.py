@@ -25,7 +25,7 @@ class LiveTask:
 
     __slots__ = ("task_id", "function_id", "args", "args_blob", "size", "requested", "endpoint_id", "state",
                  "python_version", "policy", "reason", "walltime_s", "max_retries", "needs",
-                 "charged_to", "slot_s", "owner", "usable")
+                 "charged_to", "slot_s", "owner", "usable", "submitted_at")
 
     def __init__(self, task_id: str, function_id: str, args: bytes, requested: str | None,
                  python_version: str, policy: str, walltime_s: float = 0.0,
@@ -52,6 +52,7 @@ class LiveTask:
         self.owner = owner  # the submitter: only they see it, and it runs only where they may
         # Endpoint ids the owner may use, set before each routing (None: all of them).
         self.usable: frozenset[str] | None = None
+        self.submitted_at = 0.0  # when the hub stored it (for listings)
 
     def view(self) -> scheduler.TaskView:
         n = self.needs

@@ -182,6 +182,7 @@ class Hub:
             # routed to: if it still holds one, it says so in its Hello and the task is
             # not sent twice.
             t.endpoint_id, t.reason = r.endpoint_id, r.route_reason
+            t.submitted_at = r.submitted_at
             live.append(t)
         routed = [t for t in live if t.endpoint_id]
         d.enqueue(routed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 from fabric import config
 from fabric._proto import fabric_pb2 as pb
@@ -82,7 +82,13 @@ class Sessions:
         for tid in task_ids:
             self._interest[tid].add(session_id)
 
-    def publish(self, results: Iterable[pb.TaskResult]) -> None:
+    def watched(self, task_id: str) -> bool:
+        """An open session waits for this task's result (it will be pushed when stored)."""
+        return any(sid in self._sessions for sid in self._interest.get(task_id, ()))
+
+    def publish(self, results: Iterable[pb.TaskResult], marked: Collection[str] = ()) -> None:
+        """Push final results to the sessions that wait for them. `marked`: ids whose
+        finish already recorded them as collected (no second write for those)."""
         interest, sessions = self._interest, self._sessions
         pushed = []
         for r in results:
@@ -90,7 +96,8 @@ class Sessions:
                 session = sessions.get(sid)
                 if session is not None:
                     session.push(r)
-                    pushed.append(r.task_id)
+                    if r.task_id not in marked:
+                        pushed.append(r.task_id)
         self.delivered(pushed)
 
     def push_to(self, session_id: str, results: Iterable[pb.TaskResult]) -> None:

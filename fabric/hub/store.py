@@ -239,38 +239,17 @@ class TaskStore(GroupCommitter):
             wait=False, rows=len(routes),
         )
 
-    def mark_dispatched(self, task_ids: Sequence[str], endpoint_id: str, when: float) -> None:
-        # Not awaited: a crash before this commits only means the task runs again
-        # (delivery is at-least-once), never that it is lost.
-        rows = [(endpoint_id, when, tid) for tid in task_ids]
-        self.write(
-            lambda conn: conn.executemany(
-                f"UPDATE tasks SET state={int(TaskState.DISPATCHED)}, endpoint_id=?, "
-                "dispatched_at=?, attempts=attempts+1 WHERE task_id=?",
-                rows,
-            ),
-            wait=False, rows=len(rows),
-        )
-
-    def mark_queued(self, task_ids: Sequence[str]) -> None:
-        rows = [(tid,) for tid in task_ids]
-        self.write(
-            lambda conn: conn.executemany(
-                f"UPDATE tasks SET state={int(TaskState.QUEUED)} WHERE task_id=?", rows
-            ),
-            wait=False, rows=len(rows),
-        )
-
     def finish_tasks(self, rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
         """Rows of (state, value, value_blob, error, error_type, endpoint_id, completed_at,
-        runtime_s, task_id). Drops the arguments (blob included): a finished task never
-        runs again."""
+        runtime_s, task_id, collected_at). Drops the arguments (blob included): a finished
+        task never runs again. `collected_at` (None: not yet) is when a waiting client got
+        it: set here, a task costs two writes in all (its insert and this)."""
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "UPDATE tasks SET state=?, value=?, value_blob=?, error=?, error_type=?, "
-                "endpoint_id=COALESCE(?, endpoint_id), completed_at=?, runtime_s=?, args=NULL, "
-                "args_blob=NULL WHERE task_id=?",
+                "UPDATE tasks SET state=?1, value=?2, value_blob=?3, error=?4, error_type=?5, "
+                "endpoint_id=COALESCE(?6, endpoint_id), completed_at=?7, runtime_s=?8, args=NULL, "
+                "args_blob=NULL, collected_at=COALESCE(collected_at, ?10) WHERE task_id=?9",
                 rows,
             )
             _mark_used(conn, [r[2] for r in rows if r[2]])
