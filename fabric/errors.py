@@ -29,8 +29,8 @@
         ├── RuntimeBuildFailed  the task's runtime could not be built there (pip's own message)
         └── WalltimeExceeded    the task ran longer than its walltime and was killed
 
-The hub raises these too; `fabric._wire.errors` maps each to one gRPC status
-code and back, so a user never sees a raw gRPC error.
+The hub raises these too; `fabric.wire` maps each to one gRPC status code and
+back, so a user never sees a raw gRPC error.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import asyncio
 import threading
 from typing import Any, Callable, Coroutine, Iterable, Sequence, TypeVar
 
-from fabric import config
+from fabric import config, errors
 from fabric.client.aio import AsyncClient
 from fabric.loop import new_event_loop
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
@@ -43,7 +43,7 @@ class Client:
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         if getattr(self, "_closed", False):
             coro.close()
-            raise RuntimeError("client is closed")
+            raise errors.FabricError("client is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:

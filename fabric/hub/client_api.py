@@ -57,10 +57,6 @@ def _rpc(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]
             code, details, trailers = to_status(exc)
             context.set_trailing_metadata(trailers)
             await context.abort(code, details)
-        except ValueError as exc:  # e.g. an unknown policy name
-            code, details, trailers = to_status(errors.InvalidRequest(str(exc)))
-            context.set_trailing_metadata(trailers)
-            await context.abort(code, details)
 
     return wrapped
 
@@ -168,8 +164,6 @@ class ClientApi(pb_grpc.ClientServiceServicer):
                 reply = await self._submit(request)
             except errors.FabricError as exc:
                 reply = pb.SubmitReply(error_kind=error_kind(exc), error_message=str(exc))
-            except ValueError as exc:  # e.g. an unknown policy name
-                reply = pb.SubmitReply(error_kind=errors.InvalidRequest.kind, error_message=str(exc))
             # Let the links' writers send the new tasks first: a result, not the ack,
             # is what the caller waits for.
             await asyncio.sleep(0)

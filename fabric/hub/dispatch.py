@@ -17,7 +17,7 @@ from collections import deque
 from typing import Callable, Iterable, Sequence
 
 import scheduler
-from fabric import config
+from fabric import config, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric.hub.disk import DiskBudget
 from fabric.hub.finishing import Finisher, Outcome
@@ -68,7 +68,10 @@ class Dispatcher:
     def policy(self, name: str) -> scheduler.Policy:
         name = name or scheduler.DEFAULT_POLICY
         if name not in self._policies:
-            self._policies[name] = scheduler.make_policy(name)  # ValueError if unknown
+            try:
+                self._policies[name] = scheduler.make_policy(name)
+            except ValueError as exc:  # the scheduler is pure: the error tree is ours
+                raise errors.InvalidRequest(str(exc)) from None
         return self._policies[name]
 
     def views(self) -> list[scheduler.EndpointView]:

@@ -31,7 +31,7 @@ from fabric.hub.guard import answering, audit_refusal, caller
 from fabric.hub.store import TaskStore
 from fabric.models import Capabilities
 from fabric.names import endpoint_name
-from fabric.wire import ERROR_KEY, to_status
+from fabric.wire import abort, to_status
 
 log = logging.getLogger("fabric.hub")
 
@@ -51,9 +51,8 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
         self.heartbeat_period = heartbeat_period
         self.handlers: dict[Link, asyncio.Task[Any]] = {}
 
-    async def _reject(self, context: Any, kind: str, details: str) -> None:
-        context.set_trailing_metadata(((ERROR_KEY, kind),))
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+    async def _reject(self, context: Any, exc: errors.FabricError) -> None:
+        await abort(context, exc)  # the status and kind from fabric.wire, as everywhere
 
     async def _next(self, context: Any) -> Any:
         """The next message on the stream; a frame that is not an EndpointMessage ends
@@ -61,17 +60,17 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
         try:
             return await context.read()
         except DecodeError as exc:
-            await self._reject(context, "INVALID_REQUEST", f"malformed EndpointMessage: {exc}")
+            await self._reject(context, errors.InvalidRequest(f"malformed EndpointMessage: {exc}"))
 
     async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         first = await self._next(context)
         if first is grpc.aio.EOF or not first.HasField("hello"):
-            await self._reject(context, "INVALID_REQUEST", "the first message must be a Hello")
+            await self._reject(context, errors.InvalidRequest("the first message must be a Hello"))
         hello = first.hello
         try:
             endpoint_name(hello.name)
         except errors.InvalidName as exc:
-            await self._reject(context, "INVALID_REQUEST", str(exc))
+            await self._reject(context, exc)
         p = caller()
         if p is not NO_AUTH and not p.may_connect(hello.name):
             exc = errors.PermissionDenied(f"this endpoint token is for endpoint {p.endpoint!r}, "
@@ -81,7 +80,7 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
             context.set_trailing_metadata(trailers)
             await context.abort(code, details)
         if len(hello.allow_functions) + len(hello.allow_owners) > 100_000:
-            await self._reject(context, "INVALID_REQUEST", "allow-list too long (max 100000)")
+            await self._reject(context, errors.InvalidRequest("allow-list too long (max 100000)"))
         caps = Capabilities.from_proto(hello.capabilities)
         owner = p.user
         eid = await self.store.upsert_endpoint(owner, hello.name, "ep-" + uuid.uuid4().hex,
@@ -125,7 +124,7 @@ class EndpointApi(pb_grpc.EndpointServiceServicer):
             link.last_heard = time.monotonic()
             if msg.credits:
                 if not 0 < msg.credits <= MAX_CREDITS:
-                    await self._reject(context, "INVALID_REQUEST", f"bad credit grant {msg.credits}")
+                    await self._reject(context, errors.InvalidRequest(f"bad credit grant {msg.credits}"))
                 link.credits = min(link.credits + msg.credits, MAX_CREDITS)
                 link.wake.set()
             if msg.results:
