@@ -21,6 +21,7 @@ import grpc
 import psutil
 
 from fabric import __version__, config
+from fabric.jobs import Jobs
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.hub.access import Access
 from fabric.hub.auth import SigningKey, VerifiedTokens, key_path
@@ -96,7 +97,7 @@ class Hub:
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._endpoint_api: EndpointApi | None = None
-        self._background: list[asyncio.Task[None]] = []
+        self._jobs = Jobs("hub")  # every background loop: stopped and awaited at shutdown
         self._stopped = asyncio.Event()
         self._shutdown_started = False
 
@@ -145,14 +146,13 @@ class Hub:
         if not self.port:
             raise OSError(f"could not bind {cfg.host}:{cfg.port}")
         await self._server.start()
-        self._background = [asyncio.create_task(self._watch_links()),
-                            asyncio.create_task(self._reconcile_after_restart()),
-                            asyncio.create_task(self._purge_forever())]
-        self._background.append(asyncio.create_task(self._watch_descriptors()))
+        jobs = self._jobs
+        jobs.start(self._watch_links(), "watch links")
+        jobs.start(self._reconcile_after_restart(), "reconcile after restart")
+        jobs.start(self._purge_forever(), "purge")
+        jobs.start(self._watch_descriptors(), "watch descriptors")
         if cfg.auth:
-            self._background.append(asyncio.create_task(self._watch_revocations()))
-        for job in self._background:
-            job.add_done_callback(_report_death)
+            jobs.start(self._watch_revocations(), "watch revocations")
         log.info("hub listening on %s (store %s); closing connections that do not finish "
                  "their handshake within %gs or carry no call for %gs", self.address,
                  cfg.store_path, cfg.handshake_timeout_s, cfg.idle_connection_s)
@@ -255,8 +255,8 @@ class Hub:
             except Exception:  # noqa: BLE001 - the purge loop tries again; the hub stays up
                 log.exception("deleting released blobs failed")
 
-        self._background.append(asyncio.create_task(sweep()))
-        self._background = [job for job in self._background if not job.done()]
+        if not self._shutdown_started:
+            self._jobs.start(sweep(), "sweep blobs")
 
     async def _watch_links(self) -> None:
         period = self.config.heartbeat_period
@@ -302,8 +302,7 @@ class Hub:
         self._shutdown_started = True
         if self._sweep_due is not None:
             self._sweep_due.cancel()
-        for job in self._background:
-            job.cancel()
+        await self._jobs.stop()  # before the store closes: none of them may touch it after
         for session in list(self.sessions._sessions.values()):
             self.sessions.close(session)
         if self._server is not None:
@@ -325,13 +324,6 @@ class Hub:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.shutdown()
-
-
-def _report_death(job: asyncio.Task[None]) -> None:
-    """A background loop must never end quietly: purging or link checks would stop."""
-    if not job.cancelled() and job.exception() is not None:
-        log.error("hub background task %s died", job.get_coro().__qualname__,
-                  exc_info=job.exception())
 
 
 def run_hub(cfg: HubConfig) -> None:
