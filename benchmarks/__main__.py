@@ -27,6 +27,8 @@ SCENARIOS = {
                                         "bound) and decision time per task"),
     "scale": ("benchmarks.scale", "one hub, 1 to 1,000 simulated endpoint streams: dispatch "
                                   "rate, hub CPU and memory"),
+    "bigbatch": ("benchmarks.bigbatch", "200,000 no-ops in one batch_run: time to the last "
+                                        "ack and result, hub peak RSS"),
     "engines": ("benchmarks.engines", "no-op throughput and latency through the fabric on each "
                                       "engine (local, parsl, dask) vs that engine alone"),
 }
