@@ -254,8 +254,8 @@ class LinkDriver:
             level = logging.WARNING if self.link.endpoint_id else logging.INFO
             self._log.log(level, "%s: hub %s: %s %s", self.name, self.hub, exc.code().name,
                           exc.details())
-        elif isinstance(exc, (ConnectionError, OSError)):
-            self._log.warning("%s: link to hub %s lost: %s", self.name, self.hub, exc)
+        elif isinstance(exc, (ConnectionError, OSError)):  # (a hub restart: a thousand of these)
+            self._log.info("%s: link to hub %s lost: %s", self.name, self.hub, exc)
         else:
             self._log.error("%s: endpoint link failed", self.name, exc_info=exc)
 
