@@ -58,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefetch", type=int, default=0,
                         help="tasks each endpoint holds beyond its free slots")
     parser.add_argument("--min-grant", type=int, default=1,
-                        help="simulator: grant credits once this many slots are free "
-                             "(1: as the real agent does)")
+                        help="grant credits once this many are wanted (the link's "
+                             "min_grant; 1: what real endpoints do)")
     parser.add_argument("--tasks", type=int, default=30_000, help="tasks per endpoint count")
     parser.add_argument("--batch", type=int, default=1000, help="tasks per batch_run")
     parser.add_argument("--policy", default="",

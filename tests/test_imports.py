@@ -18,14 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 EFFECTS = ("grpc", "sqlite3", "sqlite_utils", "asyncio", "fabric._proto", "socket", "subprocess")
 #: Modules that decide and do no I/O.
 PURE = [*sorted((ROOT / "scheduler").glob("*.py")), ROOT / "fabric" / "states.py",
-        ROOT / "fabric" / "names.py"]
+        ROOT / "fabric" / "names.py", ROOT / "fabric" / "endpoint" / "link.py",
+        ROOT / "fabric" / "endpoint" / "link_events.py"]
 #: Modules that may import the generated protobuf code. The hub-core issue (14)
 #: shrinks this list to one codec per process; no module may join it.
 PROTO_USERS = {
     "fabric/blobs.py", "fabric/client/aio.py", "fabric/client/executor.py",
-    "fabric/client/payloads.py", "fabric/client/results.py", "fabric/endpoint/agent.py",
-    "fabric/endpoint/outbox.py", "fabric/endpoint/protocol.py", "fabric/endpoint/simulated.py",
-    "fabric/endpoint/transfers.py", "fabric/hub/blobs.py", "fabric/hub/client_api.py",
+    "fabric/client/payloads.py", "fabric/client/results.py", "fabric/endpoint/link_codec.py",
+    "fabric/endpoint/outbox.py", "fabric/endpoint/transfers.py", "fabric/hub/blobs.py", "fabric/hub/client_api.py",
     "fabric/hub/dispatch.py", "fabric/hub/endpoint_api.py", "fabric/hub/finishing.py",
     "fabric/hub/server.py", "fabric/hub/sessions.py", "fabric/models.py",
 }

@@ -20,14 +20,15 @@ Lifecycle: made by the agent at start, `await close()` at shutdown.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
 from fabric import blobs, config, credentials, errors
-from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
+from fabric.endpoint.link_events import Result
 from fabric.serialize import ErrorInfo
 from fabric.worker.runtime import WorkItem, WorkResult
 from fabric.worker.trace import ON as _TON, trace as _trace
@@ -90,34 +91,29 @@ class Transfers:
                 "system"))
         return item
 
-    async def upload_value(self, m: pb.TaskResult, value: bytes,
-                           endpoint_id: Callable[[], str | None]) -> pb.TaskResult | None:
-        """The message for result `m` (whose big `value` is kept apart): naming the
-        uploaded blob (after waiting, as long as it takes, for the hub to have room),
-        or, if the hub refused it (too big), a failure saying so. None when the hub
-        no longer has the task out here: nobody waits for it."""
+    async def upload_value(self, result: Result, value: bytes,
+                           endpoint_id: Callable[[], str | None]) -> Result | None:
+        """`result` (whose big `value` is kept apart) naming the uploaded blob (after
+        waiting, as long as it takes, for the hub to have room), or, if the hub
+        refused it (too big), a failure saying so. None when the hub no longer has
+        the task out here: nobody waits for it."""
+        tid = result.task_id
         try:
             if _TON:
-                _trace(m.task_id, 'e_upload')
+                _trace(tid, 'e_upload')
             blob_id = await self._until_done(lambda: blobs.upload(
-                self.stub, value, self.metadata, task_id=m.task_id,
+                self.stub, value, self.metadata, task_id=tid,
                 endpoint_id=endpoint_id() or "", retry_for=ATTEMPT_S),
-                f"result of task {m.task_id}")
+                f"result of task {tid}")
             if _TON:
-                _trace(m.task_id, 'e_uploaded')
+                _trace(tid, 'e_uploaded')
         except errors.PermissionDenied:
             return None
         except errors.FabricError as exc:
-            failed = pb.TaskResult(task_id=m.task_id, state=pb.FAILED, endpoint_id=m.endpoint_id,
-                                   runtime_s=m.runtime_s)
-            failed.error.CopyFrom(pb.TaskError(
-                type_name=type(exc).__name__, kind="system",
-                message=f"the result ({len(value)} bytes) could not be stored at the hub: {exc}"))
-            return failed
-        wire = pb.TaskResult()
-        wire.CopyFrom(m)  # (m has no value: a small copy)
-        wire.value_blob = blob_id
-        return wire
+            return Result(tid, False, runtime_s=result.runtime_s, error=ErrorInfo(
+                type(exc).__name__, f"the result ({len(value)} bytes) could not be stored at "
+                f"the hub: {exc}", "", b"", "system"))
+        return dataclasses.replace(result, value_blob=blob_id)
 
     async def _until_done(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         """`attempt()` (one transfer), again and again while the link is away; a
