@@ -502,6 +502,38 @@ def test_a_result_must_name_a_blob_uploaded_for_that_task(fab):
         assert c.get_result(third, timeout=30) == pickle.loads(value)
 
 
+def test_the_hub_keeps_the_first_result_and_drops_a_second_different_one(fab):
+    """An endpoint that sends a second, different result for a task it already
+    finished (a re-execution after a reconnect looks like this): the hub keeps the
+    first, counts and acknowledges the second, and never pushes it to the client
+    (watched before the client's own dedup)."""
+    with TokenBook(fab.store) as book:
+        token = book.create("local", "endpoint", "twice")[0]
+    with Client(fab.address) as c, RawEndpoint(fab.address, token, "twice") as ep:
+        pushed: list[pb.TaskResult] = []
+        c.aio.push_observer = lambda r: pushed.append(r) if r.state else None
+        tid = c.run(b"x", 1, function_id=c.register_function(grow), endpoint_id="twice")
+        assert ep.task().task_id == tid
+        ep.send(pb.EndpointMessage(results=[pb.TaskResult(
+            task_id=tid, state=pb.SUCCESS, value=pickle.dumps("first"), runtime_s=1.0)]))
+        assert c.get_result(tid, timeout=30) == "first"
+        dropped = c.status().counters["duplicates_dropped"]
+        ep.send(pb.EndpointMessage(results=[pb.TaskResult(
+            task_id=tid, state=pb.SUCCESS, value=pickle.dumps("second"), runtime_s=2.0)]))
+        wait_until(lambda: c.status().counters["duplicates_dropped"] > dropped, 30,
+                   "the hub to count the second result as a duplicate")
+        acks = 0
+        for msg in ep.call:  # ... and acknowledge it too, so the endpoint may forget it
+            acks += list(msg.acks).count(tid)
+            if acks == 2:
+                break
+        with Client(fab.address) as fresh:  # no cache: the hub's stored result
+            assert fresh.get_result(tid, timeout=30) == "first"
+        (row,) = [t for t in c.tasks(limit=50) if t.task_id == tid]
+        assert row.state is TaskState.SUCCESS
+        assert {pickle.loads(r.value) for r in pushed if r.task_id == tid} == {"first"}
+
+
 def test_a_retried_submit_is_a_no_op_after_its_arguments_were_deleted(local_fabric):
     """A client whose Submit ack was lost (the hub restarted after committing) sends
     the same submission again, naming the same args blob. If the task has finished

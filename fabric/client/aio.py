@@ -82,6 +82,9 @@ class AsyncClient:
         # Sees every result the client accepts as a task's outcome (once per task,
         # after duplicates are dropped): for audits, tests and the chaos benchmark.
         self.result_observer: Callable[[pb.TaskResult], None] | None = None
+        # Sees every result the hub pushes, before the client drops repeats: for
+        # audits that must see what a dedup here would hide (a second, different result).
+        self.push_observer: Callable[[pb.TaskResult], None] | None = None
         # Submission coalescing.
         self._outbox: list[tuple[pb.TaskSubmission, str, asyncio.Future[None] | None]] = []
         self._flushing = False
@@ -489,8 +492,11 @@ class AsyncClient:
                         if rest:
                             resubscribe = asyncio.create_task(self._resubscribe(rest))
                     delay = 0.05
+                    observe = self.push_observer
                     for r in batch.results:
                         if _TON: _trace(r.task_id, 'c_watch_in')
+                        if observe is not None:
+                            observe(r)
                         if r.value_blob:
                             self._fetch_then_deliver(r)
                         elif is_final(r):
