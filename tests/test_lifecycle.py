@@ -256,3 +256,37 @@ def test_hub_sigterm_mid_run_leaves_a_sound_store_and_loses_nothing(tmp_path):
             f.restart_hub()
             assert c.get_batch_result(tids, timeout=120) == list(range(200))
     assert set(executions(log)) == set(range(200))  # every task ran (some may have run twice)
+
+
+def long_first_time(marks):
+    """The first execution outlasts any drain (a minute); the rerun returns at once."""
+    first = not os.listdir(marks)
+    Path(marks, str(os.getpid())).touch()
+    if first:
+        time.sleep(60)
+        return "first"
+    return "rerun"
+
+
+def test_drain_timeout_expiry_abandons_the_running_task_and_the_hub_requeues_it(local_fabric,
+                                                                                   tmp_path):
+    fab = local_fabric([], workers=1, hub_args=RELAXED)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    going = fab.start_endpoint("going", "--drain-timeout", "1")
+    with Client(fab.address) as c:
+        c.wait_for_endpoints(1, timeout=60)
+        tid = c.run(str(marks), function_id=c.register_function(long_first_time))
+        wait_until(lambda: list(marks.iterdir()), 30, "the task to start on going")
+        (first_pid,) = [int(p.name) for p in marks.iterdir()]
+        fab.start_endpoint("staying")
+        c.wait_for_endpoints(2, timeout=60)
+        going.terminate()  # SIGTERM: drain, for at most 1 s
+        assert going.proc.wait(30) == 0
+        going.wait_for(r"drain deadline: 1 tasks still running are abandoned", 10)
+        wait_until(lambda: gone(first_pid), 30, "the abandoned task's worker to be stopped")
+        # The hub requeued it; it ran again on `staying` and that result is the task's.
+        assert c.get_result(tid, timeout=60) == "rerun"
+        (row,) = [t for t in c.tasks(limit=20) if t.task_id == tid]
+        assert row.endpoint_name == "staying"
+    assert len(list(marks.iterdir())) == 2
