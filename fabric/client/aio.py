@@ -431,8 +431,10 @@ class AsyncClient:
                 self._watched.difference_update(page)
                 raise
 
-    def _deliver(self, r: pb.TaskResult) -> None:
+    def _deliver(self, r: pb.TaskResult, observed: bool = False) -> None:
         tid = r.task_id
+        if not observed and self.push_observer is not None:
+            self.push_observer(r)  # before the repeats are dropped, below
         if tid not in self._watched:
             return  # a duplicate after a reconnect: the first result already went out
         if tid in self._submitting and r.state == pb.TASK_STATE_UNSPECIFIED:
@@ -492,11 +494,8 @@ class AsyncClient:
                         if rest:
                             resubscribe = asyncio.create_task(self._resubscribe(rest))
                     delay = 0.05
-                    observe = self.push_observer
                     for r in batch.results:
                         if _TON: _trace(r.task_id, 'c_watch_in')
-                        if observe is not None:
-                            observe(r)
                         if r.value_blob:
                             self._fetch_then_deliver(r)
                         elif is_final(r):
@@ -529,12 +528,14 @@ class AsyncClient:
 
     def _fetch_then_deliver(self, r: pb.TaskResult) -> None:
         """A big value is fetched off the result stream, so other results keep flowing."""
+        if self.push_observer is not None:
+            self.push_observer(r)  # as pushed (the value's blob), repeats included
         if r.task_id in self._fetching or r.task_id not in self._watched:
             return  # already on its way, or a repeat of one delivered
 
         async def fetch() -> None:
             try:
-                self._deliver(await self.payloads.with_value(r))
+                self._deliver(await self.payloads.with_value(r), observed=True)
             finally:
                 self._fetching.pop(r.task_id, None)
 
