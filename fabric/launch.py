@@ -65,17 +65,22 @@ class Child:
     proc: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)
     _seen: threading.Condition = field(default_factory=threading.Condition)
+    _eof: bool = False  # the drain thread has read the last line there will be
 
     def __post_init__(self) -> None:
         threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True).start()
 
     def _drain(self, stream: IO[str] | None) -> None:
+        if stream is not None:
+            for line in stream:
+                with self._seen:
+                    self.lines.append(line.rstrip("\n"))
+                    self._seen.notify_all()
+        with self._seen:
+            self._eof = True
+            self._seen.notify_all()
         if stream is None:
             return
-        for line in stream:
-            with self._seen:
-                self.lines.append(line.rstrip("\n"))
-                self._seen.notify_all()
         # Output ends when the process exits: reap it now, as a shell would, so that
         # it never lingers as a zombie that other tools (`fabric endpoint stop`) see alive.
         try:
@@ -88,7 +93,8 @@ class Child:
     def wait_for(self, pattern: re.Pattern[str] | str, timeout: float,
                  since: int = 0) -> re.Match[str]:
         """The first output line from index `since` on matching `pattern`, waiting up to
-        `timeout` seconds. (Pass `since=len(child.lines)` to wait for a new line.)"""
+        `timeout` seconds. (Pass `since=len(child.lines)` to wait for a new line.)
+        An exited process is given up on only once all its output has been read."""
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         with self._seen:
@@ -98,7 +104,7 @@ class Child:
                     if m:
                         return m
                 left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None:
+                if left <= 0 or (self._eof and self.proc.poll() is not None):
                     raise TimeoutError(f"{self.name}: no line matching {rx.pattern!r} "
                                        f"(exit code {self.proc.poll()}); output:\n{self.tail()}")
                 self._seen.wait(min(left, 0.2))

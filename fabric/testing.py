@@ -31,13 +31,32 @@ def mark(ledger: str, i: int, sleep_s: float = 0.0) -> int:
     return value_of(i)
 
 
+def mark_run(ledger: str, i: int, sleep_s: float = 0.0) -> tuple[int, str]:
+    """Like `mark`, but every execution returns a value of its own: (value_of(i), run id),
+    the run id also written to the ledger line. A result replaced by another execution's,
+    or a second result handed out, shows as a different run id."""
+    import os
+    import time
+
+    run = f"{os.getpid()}-{os.urandom(6).hex()}"
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{i} {os.getpid()} {run}\n".encode())
+    finally:
+        os.close(fd)
+    if sleep_s:
+        time.sleep(sleep_s)
+    return value_of(i), run
+
+
 def value_of(i: int) -> int:
     """What `mark(ledger, i)` returns."""
     return 3 * i + 1
 
 
 class Ledger:
-    """The file `mark` appends to: one "<input> <pid>" line per execution."""
+    """The file `mark` appends to: one "<input> <pid>" line per execution
+    (`mark_run` adds the run id: "<input> <pid> <run id>")."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -54,7 +73,19 @@ class Ledger:
         except FileNotFoundError:
             return []
         lines = text.split("\n")[:-1]  # a line still being written has no newline yet
-        return [(int(a), int(b)) for a, b in (line.split() for line in lines)]
+        return [(int(f[0]), int(f[1])) for f in (line.split() for line in lines)]
+
+    def run_ids(self) -> dict[int, list[str]]:
+        """The run ids (`mark_run`) each input ran under, one per execution."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        out: dict[int, list[str]] = {}
+        for f in (line.split() for line in text.split("\n")[:-1]):
+            if len(f) > 2:
+                out.setdefault(int(f[0]), []).append(f[2])
+        return out
 
     def count(self) -> int:
         """Executions so far; reads only what was appended since the last call, so it

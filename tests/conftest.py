@@ -17,17 +17,57 @@ from fabric.client import Client  # noqa: E402
 from fabric.launch import LocalFabric  # noqa: E402
 
 
+def started_for(root: Path) -> list[psutil.Process]:
+    """Processes other than this one whose FABRIC_HOME lies under `root`: what a test
+    started there, even where it is no descendant of pytest (a `--detach`ed endpoint,
+    the hub and endpoints of a demo that was killed)."""
+    prefix = str(root)
+    found = []
+    for p in psutil.process_iter():
+        if p.pid == os.getpid():
+            continue
+        try:
+            home = p.environ().get("FABRIC_HOME", "")
+            if home == prefix or home.startswith(prefix + os.sep):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+        except (psutil.Error, OSError):  # gone, or not ours to read
+            continue
+    return found
+
+
+def _reap(procs: list[psutil.Process]) -> list[tuple[int, list[str]]]:
+    """Wait up to 10 s for `procs` to exit; SIGKILL the rest and name them."""
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    named = []
+    for p in alive:
+        try:
+            named.append((p.pid, p.cmdline()))
+            p.kill()
+        except psutil.Error:
+            pass
+    return named
+
+
 @pytest.fixture(scope="session", autouse=True)
-def no_process_left_behind():
+def no_process_left_behind(tmp_path_factory):
     """The suite must not leave a hub, endpoint or worker running."""
     me = psutil.Process(os.getpid())
     before = {p.pid for p in me.children(recursive=True)}
     yield
-    leftovers = [p for p in me.children(recursive=True) if p.pid not in before]
-    gone, alive = psutil.wait_procs(leftovers, timeout=10)
-    for p in alive:
-        p.kill()
-    assert not alive, f"processes left behind: {[(p.pid, p.cmdline()) for p in alive]}"
+    leftovers = {p.pid: p for p in me.children(recursive=True) if p.pid not in before}
+    leftovers.update((p.pid, p) for p in started_for(tmp_path_factory.getbasetemp()))
+    alive = _reap(list(leftovers.values()))
+    assert not alive, f"processes left behind: {alive}"
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_by_this_test(request, tmp_path):
+    """What a test started with FABRIC_HOME in its own tmp_path ends with the test
+    (fixtures that outlive it keep theirs elsewhere: the session check sees those)."""
+    yield
+    alive = _reap(started_for(tmp_path))
+    assert not alive, f"{request.node.nodeid} left processes behind: {alive}"
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 from fabric import errors
 from fabric.client import Client
 from fabric.states import TaskState
+from fabric.testing import wait_until
 
 # Workers cannot import this test module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -161,17 +162,42 @@ def test_warm_state_survives_between_calls(client):
     assert seen.count(1) <= 2 and max(seen) >= 6
 
 
-def test_cancel_queued_tasks(client):
-    fid = client.register_function(slow)
-    tids = client.batch_run(fid, [((1.5,), {})] * 12, endpoint_id="beta")
-    time.sleep(0.2)
-    cancelled = client.cancel(tids[6:])
-    assert set(cancelled) == set(tids[6:])
-    for tid in tids[6:]:
-        with pytest.raises(errors.TaskCancelled):
-            client.get_result(tid, timeout=10)
-    assert client.get_batch_result(tids[:2], timeout=60) == [1.5, 1.5]
-    assert client.cancel(tids[:1]) == []  # already final: nothing to cancel
+def hold(marks, i, release):
+    """Leave mark `i` (this call started), then return `i` once `release` exists."""
+    from pathlib import Path
+
+    Path(marks, str(i)).touch()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise TimeoutError(release)
+        time.sleep(0.01)
+    return i
+
+
+def test_cancel_queued_tasks(client, tmp_path):
+    marks, release = tmp_path / "marks", tmp_path / "release"
+    marks.mkdir()
+    fid = client.register_function(hold)
+    tids = client.batch_run(fid, [((str(marks), i, str(release)), {}) for i in range(12)],
+                            endpoint_id="beta")
+    try:
+        # beta's two workers hold two calls; the rest wait (at most two more on workers).
+        wait_until(lambda: len(list(marks.iterdir())) == 2, 30, "two calls to start on beta")
+        started = {int(p.name) for p in marks.iterdir()}
+        waiting = [tid for i, tid in enumerate(tids) if i not in started][-6:]
+        assert set(client.cancel(waiting)) == set(waiting)
+        for tid in waiting:
+            with pytest.raises(errors.TaskCancelled):
+                client.get_result(tid, timeout=10)
+    finally:
+        release.touch()
+    rest = [tid for tid in tids if tid not in waiting]
+    assert sorted(client.get_batch_result(rest, timeout=60)) == \
+        sorted(i for i, tid in enumerate(tids) if tid in rest)
+    cancelled = {i for i, tid in enumerate(tids) if tid in waiting}
+    assert not cancelled & {int(p.name) for p in marks.iterdir()}, "a cancelled call ran"
+    assert client.cancel(rest[:1]) == []  # already final: nothing to cancel
 
 
 def test_fire_and_forget_across_processes(fabric_procs, client):
@@ -201,7 +227,11 @@ def test_results_survive_a_client_restart(fabric_procs):
         assert second.get_result(tid, timeout=30) == 42
 
 
-def test_cli_shows_endpoints_tasks_and_status(fabric_procs):
+def test_cli_shows_endpoints_tasks_and_status(fabric_procs, client):
+    # A finished task of its own to list (not one an earlier test left).
+    tid = client.run(1, b=2, function_id=client.register_function(add), endpoint_id="alpha")
+    assert client.get_result(tid, timeout=30) == 3
+
     def fabric(*args):
         return subprocess.run([sys.executable, "-m", "fabric", *args, "--hub", fabric_procs.address],
                               capture_output=True, text=True, timeout=60, env={**os.environ,
@@ -211,7 +241,7 @@ def test_cli_shows_endpoints_tasks_and_status(fabric_procs):
     assert out.returncode == 0, out.stderr
     assert "alpha" in out.stdout and "beta" in out.stdout and "yes" in out.stdout
     out = fabric("tasks", "--limit", "5")
-    assert out.returncode == 0 and "success" in out.stdout
+    assert out.returncode == 0 and "success" in out.stdout and tid[:8] in out.stdout, out.stdout
     out = fabric("status")
     assert out.returncode == 0 and "endpoints online" in out.stdout and "2 / 2" in out.stdout
     assert "big payloads stored" in out.stdout, out.stdout
@@ -228,10 +258,15 @@ def test_every_command_has_help(args):
     assert out.returncode == 0 and "Usage" in out.stdout
 
 
-def test_the_demo_runs_and_stops_cleanly():
-    """`make demo` is the first thing a newcomer types: it must keep working."""
+@pytest.mark.timeout(240)  # above the demo's own deadline, so that one applies
+def test_the_demo_runs_and_stops_cleanly(tmp_path):
+    """`make demo` is the first thing a newcomer types: it must keep working.
+
+    Its fabric lives under TMPDIR=tmp_path: if the demo is killed at its deadline,
+    the hub and endpoints it started (their own sessions) are found there by the
+    leak check, killed, and reported."""
     done = subprocess.run([sys.executable, "-m", "fabric.demo"], capture_output=True,
-                          text=True, timeout=180)
+                          text=True, timeout=180, env={**os.environ, "TMPDIR": str(tmp_path)})
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     for line in ("hypotenuse(3, 4) = 5.0", "TaskFailed", "spread by smallest ETA",

@@ -75,6 +75,21 @@ def nap(seconds):
     return os.getpid()
 
 
+def hold_in(seen_dir, release):
+    """Leave this worker's pid in `seen_dir`, then return it once `release` exists."""
+    import os
+    import pathlib
+    import time
+
+    pathlib.Path(seen_dir, str(os.getpid())).touch()
+    deadline = time.monotonic() + 90
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise TimeoutError(release)
+        time.sleep(0.02)
+    return os.getpid()
+
+
 @pytest.fixture(scope="module")
 def fab(tmp_path_factory):
     with LocalFabric(tmp_path_factory.mktemp("engines"), [], workers=1) as f:
@@ -163,17 +178,26 @@ def test_a_killed_engine_worker_reruns_the_task_then_fails_it(client, kind, tmp_
 
 @needs_engines
 @pytest.mark.parametrize("kind", ENGINES)
-def test_blocks_scale_out_under_a_burst_and_back_in_when_idle(fab, client, kind):
+def test_blocks_scale_out_under_a_burst_and_back_in_when_idle(fab, client, kind, tmp_path):
     name = f"{kind}-auto"
     fab.start_endpoint(name, "--engine", kind, *AUTOSCALE)
     try:
         wait_until(lambda: any(e.name == name and e.online for e in client.endpoints()), 60,
                    f"{name} to connect")
-        fid = client.register_function(nap)
-        tids = client.batch_run(fid, [((0.5,), {}) for _ in range(8)], endpoint_id=name)
+        fid = client.register_function(hold_in)
+        seen, release = tmp_path / "seen", tmp_path / "release"
+        seen.mkdir()
+        tids = client.batch_run(fid, [((str(seen), str(release)), {}) for _ in range(8)],
+                                endpoint_id=name)
+        # Started with no block at all; the held burst makes the engine add a block, then
+        # a second one (one worker each) while the first block's worker is still busy.
+        try:
+            wait_until(lambda: len(list(seen.iterdir())) >= 2, 90,
+                       f"{kind} to add a second block under the burst")
+        finally:
+            release.touch()
         pids = set(client.get_batch_result(tids, timeout=90))
-        # Started with no block at all; the burst made the engine add a second one.
-        assert len(pids) == 2, pids
+        assert len(pids) == 2 and pids == {int(p.name) for p in seen.iterdir()}, pids
         # Idle for longer than --max-idletime: the engine releases the blocks.
         wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), 60,
                    f"{kind} to release its idle workers {pids}")

@@ -10,9 +10,14 @@ checks the same promise (DESIGN.md, "Task lifecycle"):
   delivery to workers was at-least-once (the ledger shows the re-runs);
 - every task is listed once, in exactly one final state.
 
-The task function appends "<input> <worker pid>" to a ledger file before it
-works (one O_APPEND write per line, so lines from many workers never mix):
-that counts executions independently of what the fabric reports.
+The task function (`fabric.testing.mark_run`) appends "<input> <worker pid>
+<run id>" to a ledger file before it works (one O_APPEND write per line, so
+lines from many workers never mix): that counts executions independently of
+what the fabric reports. It returns (value, run id): every execution's result
+differs, so a result replaced by a re-execution's, or a second one handed
+out, cannot pass for the first. Results are watched as the hub pushes them,
+before the client drops repeats (`push_observer`), and read back from the
+hub's store with a client that has no cache.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from fabric.client import Client
 from fabric.launch import (Child, LocalFabric, spawn_command, start_endpoint, start_hub,
                            stop_all)
 from fabric.states import TaskState
-from fabric.testing import Ledger, mark, value_of, wait_until
+from fabric.testing import Ledger, mark_run, value_of, wait_until
 
 # Workers cannot import this module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -71,25 +76,27 @@ def perish(how: str, once_marker: str | None = None) -> str:
 
 # ---------------------------------------------------------------- observing
 class Deliveries:
-    """What the client accepts as each task's outcome (its `result_observer` hook).
+    """Every final result the hub pushes to the client (its `push_observer` hook),
+    before the client's own dedup could hide a second one.
 
-    The hub may push a stored result twice (a Subscribe racing a commit) and a
-    restarted hub may say "unknown task" for a submission still being retried;
-    the client must drop both. A task asked for again (a second get_result) is
-    accepted again, with the same result; two *different* results for one task
-    (another execution's value, runtime or endpoint) is what must never happen:
-    `conflicting()`."""
+    The hub may push a stored result twice (a Subscribe racing a commit): the
+    same result again is allowed. Two *different* results for one task (another
+    execution's value, runtime or endpoint) is what must never happen:
+    `conflicting()`. ("Unknown task" from a restarted hub, for a submission still
+    being retried, is not a result and is not counted.)"""
 
     def __init__(self, client: Client) -> None:
         self.pushes: Counter[str] = Counter()
         self.results: dict[str, set[tuple[Any, ...]]] = {}
 
         def counting(r: Any) -> None:
+            if r.state == 0:  # TASK_STATE_UNSPECIFIED: "unknown task", not a result
+                return
             self.pushes[r.task_id] += 1
             self.results.setdefault(r.task_id, set()).add(
-                (r.state, r.value, r.endpoint_id, r.runtime_s))
+                (r.state, r.value, r.value_blob, r.endpoint_id, r.runtime_s))
 
-        client.aio.result_observer = counting
+        client.aio.push_observer = counting
 
     def conflicting(self, tids: Any) -> list[str]:
         return [tid for tid in tids if len(self.results.get(tid, ())) > 1]
@@ -119,15 +126,27 @@ def listed(client: Client, tids: list[str]) -> dict[str, list[Any]]:
     return rows
 
 
+def stored_results(client: Client, tids: list[str]) -> list[Any]:
+    """The results the hub has stored (GetResults from a client with no cache)."""
+    with Client(client.aio.address) as fresh:
+        return fresh.get_batch_result(tids, timeout=60, return_exceptions=True)
+
+
 def assert_exactly_once(client: Client, tids: list[str], inputs: list[int], results: list[Any],
                         ledger: Ledger, deliveries: Deliveries | None = None) -> None:
-    """The promise: every task final once with its own value; it ran; one result each."""
+    """The promise: every task final once with its own value, from one of its runs;
+    the hub keeps that very result; one result each, however often it ran."""
     assert len(tids) == len(inputs) == len(results)
     assert len(set(tids)) == len(tids), "task ids are not distinct"
-    wrong = [(tid, i, r) for tid, i, r in zip(tids, inputs, results) if r != value_of(i)]
+    wrong = [(tid, i, r) for tid, i, r in zip(tids, inputs, results)
+             if not (isinstance(r, tuple) and r[0] == value_of(i))]
     assert not wrong, f"{len(wrong)} of {len(tids)} tasks lack their result, e.g. {wrong[:3]}"
-    # The hub's record agrees (GetResults, not the client's cache).
-    stored = client.get_batch_result(tids, return_exceptions=True)
+    runs = ledger.run_ids()
+    never = [(i, r) for i, r in zip(inputs, results) if r[1] not in runs.get(i, ())]
+    assert not never, f"{len(never)} results come from no execution in the ledger, e.g. {never[:3]}"
+    # The hub's record is the result delivered, run id and all: a later execution's
+    # result did not replace it.
+    stored = stored_results(client, tids)
     differ = [(tid, a, b) for tid, a, b in zip(tids, stored, results) if a != b]
     assert not differ, f"stored results differ from delivered ones, e.g. {differ[:3]}"
     rows = listed(client, tids)
@@ -137,12 +156,11 @@ def assert_exactly_once(client: Client, tids: list[str], inputs: list[int], resu
     assert not twice, f"tasks listed more than once: {list(twice.items())[:3]}"
     states = Counter(r[0].state for r in rows.values())
     assert states == Counter({TaskState.SUCCESS: len(tids)}), states
-    ran = ledger.by_input()
-    never = [i for i in inputs if i not in ran]
-    assert not never, f"{len(never)} tasks succeeded without running, e.g. {never[:3]}"
     if deliveries is not None:
+        unseen = [tid for tid in tids if tid not in deliveries.results]
+        assert not unseen, f"{len(unseen)} results were never pushed, e.g. {unseen[:3]}"
         two = deliveries.conflicting(tids)
-        assert not two, (f"the client was handed two different results for {len(two)} tasks, "
+        assert not two, (f"the hub pushed two different results for {len(two)} tasks, "
                          f"e.g. {[(t, deliveries.results[t]) for t in two[:2]]}")
 
 
@@ -156,7 +174,7 @@ def rerun_without_cause(ledger: Ledger, inputs: list[int], victims: set[int]) ->
 
 
 def counters(client: Client) -> dict[str, int]:
-    return dict(getattr(client.status(), "counters", {}) or {})
+    return dict(client.status().counters)
 
 
 # ---------------------------------------------------------------- 1. SIGKILL an endpoint
@@ -168,7 +186,7 @@ def test_sigkill_one_of_two_endpoints_loses_nothing(local_fabric, tmp_path):
     with Client(fab.address) as c:
         c.wait_for_endpoints(2, timeout=60)
         seen = Deliveries(c)
-        fid = c.register_function(mark)
+        fid = c.register_function(mark_run)
         # Interleave free and pinned work so `a` holds both kinds when it dies.
         free_in, pinned_in, free, pinned = [], [], [], []
         for r in range(4):
@@ -215,7 +233,7 @@ def test_sigkill_hub_and_restart_on_the_same_port(local_fabric, tmp_path):
     with Client(fab.address, retry_timeout=60) as c:
         c.wait_for_endpoints(2, timeout=60)
         seen = Deliveries(c)
-        fid = c.register_function(mark)
+        fid = c.register_function(mark_run)
         first_in = list(range(2500))
         first = c.batch_run(fid, [((str(ledger), i, 0.003), {}) for i in first_in])
         waited: dict[str, Any] = {}
@@ -273,7 +291,7 @@ def test_stalled_endpoint_is_declared_lost_and_comes_back(local_fabric, tmp_path
     with Client(fab.address) as c:
         c.wait_for_endpoints(2, timeout=60)
         seen = Deliveries(c)
-        fid = c.register_function(mark)
+        fid = c.register_function(mark_run)
         inputs = list(range(800))
         tids = c.batch_run(fid, [((str(ledger), i, 0.01), {}) for i in inputs])
         wait_until(lambda: ledger.count() >= 100, 60, "an eighth of the tasks ran")
@@ -286,27 +304,29 @@ def test_stalled_endpoint_is_declared_lost_and_comes_back(local_fabric, tmp_path
                 if t.endpoint_name == "a"]
         assert held, "endpoint a held no task when it stalled"
         wait_until(lambda: not online(c)["a"], 10, "the hub declares the frozen a lost")
-        wait_until(lambda: all(isinstance(r, int) for r in
+        wait_until(lambda: all(isinstance(r, tuple) for r in
                                c.get_batch_result(held, return_exceptions=True)),
                    30, "a's in-flight tasks finish elsewhere while a is frozen")
+        first = stored_results(c, held)  # the results the hub took while a was frozen
         where = Counter(r[0].endpoint_name for r in listed(c, held).values())
         assert where["b"] >= 1 and set(where) <= {"a", "b"}, where
         after = counters(c)
-        if after:  # counters are new in HubStatus; use them where the hub has them
-            assert after.get("links_lost", 0) > before.get("links_lost", 0), after
-            assert after.get("requeued", 0) - before.get("requeued", 0) >= where["b"], after
+        assert after["links_lost"] > before["links_lost"], after
+        assert after["requeued"] - before["requeued"] >= where["b"], after
 
         fab.resume_endpoint("a")
         wait_until(lambda: online(c)["a"], 30, "a reconnects after SIGCONT")
         results = c.get_batch_result(tids, timeout=60, return_exceptions=True)
         assert_exactly_once(c, tids, inputs, results, ledger, seen)
+        # What a finished while frozen came too late: the hub kept the first results.
+        assert stored_results(c, held) == first
         victims = set(a_workers)
-        if counters(c).get("links_lost", 0) - before.get("links_lost", 0) > 1:
+        if counters(c)["links_lost"] - before["links_lost"] > 1:
             victims |= worker_pids(fab.endpoints["b"])  # b's link was lost too (a busy machine)
         assert not rerun_without_cause(ledger, inputs, victims)
         # Back in service, not just connected.
         tid = c.run(str(ledger), 999_999, function_id=fid, endpoint_id="a")
-        assert c.get_result(tid, timeout=30) == value_of(999_999)
+        assert c.get_result(tid, timeout=30)[0] == value_of(999_999)
 
 
 # ---------------------------------------------------------------- 4. worker deaths
@@ -334,7 +354,7 @@ def test_worker_death_fails_only_its_task_and_the_endpoint_stays_up(dying_fabric
     ledger = Ledger(tmp_path / "runs.log")
     endpoint = fab.endpoints["plain"]
     with Client(fab.address) as c:
-        fid = c.register_function(mark)
+        fid = c.register_function(mark_run)
         before = c.batch_run(fid, [((str(ledger), i, 0.002), {}) for i in range(20)],
                              endpoint_id="plain")
         doomed = c.run(how, function_id=c.register_function(perish), endpoint_id="plain")
@@ -353,7 +373,8 @@ def test_worker_death_fails_only_its_task_and_the_endpoint_stays_up(dying_fabric
         assert endpoint.alive and online(c)["plain"]
         later = c.batch_run(fid, [((str(ledger), i, 0), {}) for i in range(40, 60)],
                             endpoint_id="plain")
-        assert c.get_batch_result(later, timeout=60) == [value_of(i) for i in range(40, 60)]
+        assert [v for v, _ in c.get_batch_result(later, timeout=60)] == \
+            [value_of(i) for i in range(40, 60)]
 
 
 @pytest.mark.parametrize("how", [d[0] for d in DEATHS])
@@ -378,23 +399,27 @@ DRIVER = textwrap.dedent('''
     """A client inside the hub's network namespace, driven by JSON lines on stdin."""
     import json, os, sys, time
     from fabric.client import Client
-    from fabric.testing import mark
+    from fabric.testing import mark_run
 
     def plain(r):
+        if isinstance(r, tuple):
+            return list(r)
         return r if isinstance(r, (int, str)) else f"{type(r).__name__}: {r}"
 
     c = Client(sys.argv[1], retry_timeout=120)
-    seen = {}  # task id -> the distinct results the client was handed
+    seen = {}  # task id -> the distinct results the hub pushed (before the client's dedup)
     def counting(r):
-        seen.setdefault(r.task_id, set()).add((r.state, r.value, r.endpoint_id, r.runtime_s))
-    c.aio.result_observer = counting
+        if r.state:  # not "unknown task"
+            seen.setdefault(r.task_id, set()).add(
+                (r.state, r.value, r.value_blob, r.endpoint_id, r.runtime_s))
+    c.aio.push_observer = counting
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
         op = req["op"]
         try:
             if op == "submit":
-                fid = c.register_function(mark)
+                fid = c.register_function(mark_run)
                 out = {"tids": c.batch_run(fid, [((req["ledger"], i, req["sleep"]), {})
                                                  for i in req["inputs"]])}
             elif op == "online":
@@ -405,7 +430,9 @@ DRIVER = textwrap.dedent('''
                 out = {"results": [plain(r) for r in res]}
             elif op == "record":
                 ids = set(req["tids"])
-                stored = c.get_batch_result(req["tids"], return_exceptions=True)
+                with Client(sys.argv[1]) as fresh:  # no cache: what the hub stored
+                    stored = fresh.get_batch_result(req["tids"], timeout=60,
+                                                    return_exceptions=True)
                 rows = [[t.task_id, t.state.name, t.endpoint_name]
                         for t in c.tasks(limit=10000) if t.task_id in ids]
                 out = {"stored": [plain(r) for r in stored], "rows": rows,
@@ -580,9 +607,12 @@ def test_partition_between_namespaces_completes_every_task_once(netns_pair, tmp_
 
         results = drive(timeout=120, op="wait", tids=tids, wait_s=90)["results"]
         rec = drive(op="record", tids=tids)
-        wrong = [(t, i, r) for t, i, r in zip(tids, inputs, results) if r != value_of(i)]
+        wrong = [(t, i, r) for t, i, r in zip(tids, inputs, results)
+                 if not (isinstance(r, list) and r[0] == value_of(i))]
         assert not wrong, f"{len(wrong)} tasks lack their result, e.g. {wrong[:3]}"
-        assert rec["stored"] == results
+        runs = ledger.run_ids()
+        assert not [(i, r) for i, r in zip(inputs, results) if r[1] not in runs.get(i, ())]
+        assert rec["stored"] == results  # run ids too: no re-execution replaced a result
         rows = Counter(tid for tid, _, _ in rec["rows"])
         assert set(rows) == set(tids) and set(rows.values()) == {1}
         assert {state for _, state, _ in rec["rows"]} == {"SUCCESS"}
@@ -609,7 +639,7 @@ def test_endpoint_stop_drains_without_losing_tasks(local_fabric, tmp_path):
     with Client(fab.address) as c:
         c.wait_for_endpoints(2, timeout=60)
         seen = Deliveries(c)
-        fid = c.register_function(mark)
+        fid = c.register_function(mark_run)
         inputs = list(range(400))
         tids = c.batch_run(fid, [((str(ledger), i, 0.01), {}) for i in inputs])
         wait_until(lambda: ledger.count() >= 60, 60, "some tasks ran")

@@ -8,11 +8,14 @@ retention and "purged", and one endpoint per name per machine.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cloudpickle
+import psutil
 import pytest
 
 from fabric import errors
@@ -24,6 +27,10 @@ from fabric.testing import wait_until
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 FAST = ("--heartbeat", "0.2", "--heartbeat-misses", "3")
+# For the tests that count executions: delivery is at-least-once, and a busy
+# 2-core machine can stall an endpoint's loop past FAST's 0.6 s, which would
+# (rightly) requeue and rerun tasks. With 30 s of silence allowed, a rerun is a bug.
+RELAXED = ("--heartbeat", "1", "--heartbeat-misses", "30")
 
 
 def sleep_then(seconds, value=None):
@@ -37,6 +44,30 @@ def record(path, i, seconds=0.0):
     with open(path, "a") as f:
         f.write(f"{i} {os.getpid()}\n")
     return i
+
+
+def start_then_sleep(started, finished, seconds):
+    """Say "started" (with the worker's pid) before working; "finished" only after."""
+    Path(started).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    Path(finished).write_text("finished")
+    return "finished"
+
+
+def gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def live_workers(endpoint):
+    """The worker processes an endpoint has now (its children that have not exited)."""
+    try:
+        kids = psutil.Process(endpoint.pid).children()
+    except psutil.NoSuchProcess:
+        return set()
+    return {p.pid for p in kids if not gone(p.pid)}
 
 
 def die_once(marker):
@@ -106,21 +137,26 @@ def test_a_task_can_ask_for_retries_after_its_worker_dies(client, tmp_path):
     assert client.get_result(tid, timeout=30) == "second time lucky"
 
 
-def test_cancel_stops_a_running_task(client, tmp_path):
-    fid = client.register_function(record)
-    log = str(tmp_path / "runs")
-    tid = client.run(log, 1, 60, function_id=fid, endpoint_id="solo")
-    wait_until(lambda: any(t.task_id == tid and t.state is TaskState.DISPATCHED
-                           for t in client.tasks(limit=10)), 30, "the task to be dispatched")
-    time.sleep(0.3)  # let a worker start it
+def test_cancel_stops_a_running_task(fab, client, tmp_path):
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    fid = client.register_function(start_then_sleep)
+    tid = client.run(str(started), str(finished), 60, function_id=fid, endpoint_id="solo")
+    wait_until(lambda: started.exists() and started.read_text(), 30, "the task to start")
+    worker = int(started.read_text())
     assert client.cancel(tid) == [tid]
     with pytest.raises(errors.TaskCancelled):
         client.get_result(tid, timeout=10)
-    # The worker was stopped: the endpoint has both workers free again soon.
-    fid2 = client.register_function(sleep_then)
-    tids = client.batch_run(fid2, [((0.2, i), {}) for i in range(2)], endpoint_id="solo")
-    assert client.get_batch_result(tids, timeout=30) == [0, 1]
-    assert executions(log) == []  # it never got to write its line
+    # The running call was interrupted: its worker was killed (a worker left running
+    # it would live on for a minute and then write "finished").
+    wait_until(lambda: gone(worker), 30, f"the worker running the cancelled task (pid {worker}) "
+                                         "to be killed")
+    # The endpoint replaced it: two workers again, and they run tasks.
+    wait_until(lambda: len(live_workers(fab.endpoints["solo"]) - {worker}) == 2, 30,
+               "the endpoint to have two workers again")
+    tids = client.batch_run(client.register_function(sleep_then), [((0, i), {}) for i in range(4)],
+                            endpoint_id="solo")
+    assert client.get_batch_result(tids, timeout=30) == [0, 1, 2, 3]
+    assert not finished.exists()
 
 
 def test_results_are_purged_after_retention_and_say_so(client):
@@ -152,7 +188,7 @@ def test_finished_results_survive_an_endpoint_restart_and_run_once(tmp_path):
     """The hub is down while the endpoint finishes its tasks; then the endpoint is
     killed. Restarted, it replays the results from its disk: nothing runs twice."""
     log = str(tmp_path / "runs")
-    with LocalFabric(tmp_path / "f", ["keeper"], workers=2, hub_args=FAST) as f:
+    with LocalFabric(tmp_path / "f", ["keeper"], workers=2, hub_args=RELAXED) as f:
         with Client(f.address, retry_timeout=60) as c:
             c.wait_for_endpoints(1, timeout=60)
             fid = c.register_function(record)
@@ -161,7 +197,13 @@ def test_finished_results_survive_an_endpoint_restart_and_run_once(tmp_path):
                        30, "all four tasks on the endpoint")
             f.kill_hub()
             wait_until(lambda: len(executions(log)) == 4, 30, "the endpoint to finish offline")
-            time.sleep(0.3)  # the results are written to the outbox before they are sent
+            outbox = f.home / "endpoints" / "keeper" / "outbox.db"
+
+            def in_outbox() -> bool:  # written there before they are sent, so a kill keeps them
+                with sqlite3.connect(f"file:{outbox}?mode=ro", uri=True) as db:
+                    return db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 4
+
+            wait_until(in_outbox, 30, "the four results saved in the endpoint's outbox")
             f.kill_endpoint("keeper")
             f.restart_hub()
             f.start_endpoint("keeper")
@@ -171,7 +213,7 @@ def test_finished_results_survive_an_endpoint_restart_and_run_once(tmp_path):
 
 def test_endpoint_stop_drains_without_losing_or_repeating_work(tmp_path):
     log = str(tmp_path / "runs")
-    with LocalFabric(tmp_path / "f", ["going", "staying"], workers=1, hub_args=FAST) as f:
+    with LocalFabric(tmp_path / "f", ["going", "staying"], workers=1, hub_args=RELAXED) as f:
         with Client(f.address) as c:
             c.wait_for_endpoints(2, timeout=60)
             fid = c.register_function(record)
@@ -214,3 +256,37 @@ def test_hub_sigterm_mid_run_leaves_a_sound_store_and_loses_nothing(tmp_path):
             f.restart_hub()
             assert c.get_batch_result(tids, timeout=120) == list(range(200))
     assert set(executions(log)) == set(range(200))  # every task ran (some may have run twice)
+
+
+def long_first_time(marks):
+    """The first execution outlasts any drain (a minute); the rerun returns at once."""
+    first = not os.listdir(marks)
+    Path(marks, str(os.getpid())).touch()
+    if first:
+        time.sleep(60)
+        return "first"
+    return "rerun"
+
+
+def test_drain_timeout_expiry_abandons_the_running_task_and_the_hub_requeues_it(local_fabric,
+                                                                                   tmp_path):
+    fab = local_fabric([], workers=1, hub_args=RELAXED)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    going = fab.start_endpoint("going", "--drain-timeout", "1")
+    with Client(fab.address) as c:
+        c.wait_for_endpoints(1, timeout=60)
+        tid = c.run(str(marks), function_id=c.register_function(long_first_time))
+        wait_until(lambda: list(marks.iterdir()), 30, "the task to start on going")
+        (first_pid,) = [int(p.name) for p in marks.iterdir()]
+        fab.start_endpoint("staying")
+        c.wait_for_endpoints(2, timeout=60)
+        going.terminate()  # SIGTERM: drain, for at most 1 s
+        assert going.proc.wait(30) == 0
+        going.wait_for(r"drain deadline: 1 tasks still running are abandoned", 10)
+        wait_until(lambda: gone(first_pid), 30, "the abandoned task's worker to be stopped")
+        # The hub requeued it; it ran again on `staying` and that result is the task's.
+        assert c.get_result(tid, timeout=60) == "rerun"
+        (row,) = [t for t in c.tasks(limit=20) if t.task_id == tid]
+        assert row.endpoint_name == "staying"
+    assert len(list(marks.iterdir())) == 2

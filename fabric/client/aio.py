@@ -82,6 +82,9 @@ class AsyncClient:
         # Sees every result the client accepts as a task's outcome (once per task,
         # after duplicates are dropped): for audits, tests and the chaos benchmark.
         self.result_observer: Callable[[pb.TaskResult], None] | None = None
+        # Sees every result the hub pushes, before the client drops repeats: for
+        # audits that must see what a dedup here would hide (a second, different result).
+        self.push_observer: Callable[[pb.TaskResult], None] | None = None
         # Submission coalescing.
         self._outbox: list[tuple[pb.TaskSubmission, str, asyncio.Future[None] | None]] = []
         self._flushing = False
@@ -431,8 +434,10 @@ class AsyncClient:
                 self._watched.difference_update(page)
                 raise
 
-    def _deliver(self, r: pb.TaskResult) -> None:
+    def _deliver(self, r: pb.TaskResult, observed: bool = False) -> None:
         tid = r.task_id
+        if not observed and self.push_observer is not None:
+            self.push_observer(r)  # before the repeats are dropped, below
         if tid not in self._watched:
             return  # a duplicate after a reconnect: the first result already went out
         if tid in self._submitting and r.state == pb.TASK_STATE_UNSPECIFIED:
@@ -527,12 +532,14 @@ class AsyncClient:
 
     def _fetch_then_deliver(self, r: pb.TaskResult) -> None:
         """A big value is fetched off the result stream, so other results keep flowing."""
+        if self.push_observer is not None:
+            self.push_observer(r)  # as pushed (the value's blob), repeats included
         if r.task_id in self._fetching or r.task_id not in self._watched:
             return  # already on its way, or a repeat of one delivered
 
         async def fetch() -> None:
             try:
-                self._deliver(await self.payloads.with_value(r))
+                self._deliver(await self.payloads.with_value(r), observed=True)
             finally:
                 self._fetching.pop(r.task_id, None)
 
