@@ -120,3 +120,14 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+def pypi_reachable(package: str = "humanize") -> bool:
+    """Whether this machine reaches PyPI (runtime builds install from it)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"https://pypi.org/simple/{package}/", timeout=10) as r:
+            return r.status == 200
+    except OSError:
+        return False

@@ -120,6 +120,10 @@ def start_detached(name: str, argv: list[str], log_dir: Path) -> tuple[int, Path
                       f"{DETACH_TIMEOUT_S:.0f}s; see {log}")
 
 
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
 def _fail(exc: FabricError) -> None:
     click.echo(f"error: {exc}", err=True)
     sys.exit(1)
@@ -218,6 +222,46 @@ def register(endpoint: click.Group) -> None:
         # Linux), so nothing outside the endpoint's own folder can go.
         shutil.rmtree(folder)
         click.echo(f"deleted {folder}")
+
+    @endpoint.command("runtimes")
+    @click.argument("name")
+    @click.option("--state-dir", default=None, help="as given to `fabric endpoint start`")
+    @click.option("--prune", is_flag=True, help="remove runtimes (the endpoint must be stopped)")
+    @click.option("--older-than", default="0", show_default=True,
+                  help="with --prune: only those unused this long (seconds, or 90m / 12h / 30d)")
+    def runtimes(name: str, state_dir: str | None, prune: bool, older_than: str) -> None:
+        """The runtimes endpoint NAME has built here: spec, Python, size, build time and
+        last use, least recently used first; --prune removes them."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from fabric.cli.access import parse_ttl
+        from fabric.endpoint import runtime_catalog
+        from fabric.endpoint.outbox import StateDir
+
+        try:
+            state = StateDir(name, state_dir)  # InvalidName for a name that is not one
+            root = state.path / "runtimes"
+            if prune:
+                if state.running_pid() is not None:
+                    raise FabricError(f"endpoint {name} is running and may be using its "
+                                      f"runtimes; `fabric endpoint stop {name}` first")
+                gone = runtime_catalog.prune(root, parse_ttl(older_than))
+                freed = sum(e.size_bytes for e in gone)
+                click.echo(f"removed {len(gone)} runtimes ({freed / 2**20:.1f} MiB) from {root}")
+                return
+            listed = runtime_catalog.entries(root)
+        except FabricError as exc:
+            _fail(exc)
+        table = Table("digest", "spec", "python", "size", "built", "build s", "last used",
+                      title=f"runtimes of endpoint {name} ({root})")
+        for e in listed:
+            table.add_row(e.digest[:12], e.spec, e.python_version, f"{e.size_bytes / 2**20:.1f} MiB",
+                          _when(e.built_at), f"{e.build_s:.1f}", _when(e.last_used))
+        if not listed:
+            click.echo(f"no runtimes built by endpoint {name} here ({root})")
+            return
+        Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
     @endpoint.command("restart")
     @click.argument("name")

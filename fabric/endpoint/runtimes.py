@@ -42,6 +42,8 @@ from fabric.runtime_spec import Runtime
 log = logging.getLogger("fabric.endpoint.runtimes")
 
 MARKER = "fabric-runtime.json"
+#: Touched each time a runtime starts serving: its last use, for listing and pruning.
+LAST_USED = ".last-used"
 #: A failed build is remembered this long: a burst of tasks for a spec that cannot
 #: be built fails at once instead of building it again for each.
 FAILED_RETRY_S = 30.0
@@ -158,11 +160,14 @@ class RuntimeCache:
         if fut is None:
             built = self.ready(rt)
             if built is not None:
+                _mark_used(built)
                 return built
             fut = asyncio.ensure_future(self._build(rt))
             self._builds[rt.digest] = fut
             fut.add_done_callback(lambda f, d=rt.digest: self._settled(d, f))
-        return await asyncio.shield(fut)
+        built = await asyncio.shield(fut)
+        _mark_used(built)
+        return built
 
     def _settled(self, digest: str, fut: asyncio.Future[BuiltRuntime]) -> None:
         if fut.cancelled():
@@ -264,6 +269,15 @@ class RuntimeCache:
             raise BuildError("RuntimeBuildFailed", f"runtime {rt.describe()}: the worker does "
                              f"not start in it (exit {code}):\n{_tail(out)}")
         return version
+
+
+def _mark_used(built: BuiltRuntime) -> None:
+    """Best effort: a read-only or vanished folder must not fail a task."""
+    if built.path is not None:
+        try:
+            (built.path / LAST_USED).touch()
+        except OSError:
+            pass
 
 
 async def _output(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
