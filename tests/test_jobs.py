@@ -53,3 +53,4 @@ def test_a_hub_that_shut_down_leaves_no_task_of_its_own(tmp_path):
         assert not left, left
 
     asyncio.run(main())
+

@@ -30,6 +30,7 @@ from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as pb_grpc
 from fabric.client.payloads import Payloads, fit
 from fabric.client.results import is_final, outcome
+from fabric.jobs import Jobs
 from fabric.models import EndpointInfo, HubStatus, TaskInfo
 from fabric.runtime_spec import Runtime
 from fabric.serialize import dumps_args, dumps_function, function_name
@@ -97,6 +98,10 @@ class AsyncClient:
         self.payloads = Payloads(lambda: self.stub, self._metadata, retry_timeout)
         # Results whose big values are being fetched, by task id (not delivered yet).
         self._fetching: dict[str, asyncio.Task[None]] = {}
+        # Every background job of this client (the submission flush, big-value fetches,
+        # re-subscriptions, the Executor's remote cancels): stopped and awaited by close().
+        self.jobs = Jobs("client")
+        self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
     # ------------------------------------------------------------ plumbing
@@ -143,8 +148,7 @@ class AsyncClient:
             except errors.FabricError:
                 pass
         self._closed = True
-        for job in self._fetching.values():
-            job.cancel()
+        await self.jobs.stop()
         if self._submit_stream is not None:
             self._submit_stream.cancel()
         if self._watch_task is not None:
@@ -219,7 +223,7 @@ class AsyncClient:
             self._outbox.append((s, key, ack if i == len(subs) - 1 else None))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = self.jobs.start(self._flush(), "flush submissions")
 
     async def _flush(self) -> None:
         try:
@@ -294,8 +298,10 @@ class AsyncClient:
         return await self._call("Submit", req)
 
     async def _drain_outbox(self) -> None:
-        while self._outbox or self._flushing:
-            await asyncio.sleep(0.001)
+        """Until every queued submission was sent (or refused): the flush job ends
+        only with an empty outbox, and a later enqueue starts a new one."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])
 
     async def submit(self, subs: Sequence[pb.TaskSubmission], policy: str = "",
                      fail_fast: bool = False) -> list[str]:
@@ -495,7 +501,7 @@ class AsyncClient:
                         if not ready.done():
                             ready.set_result(None)
                         if rest:
-                            resubscribe = asyncio.create_task(self._resubscribe(rest))
+                            resubscribe = self.jobs.start(self._resubscribe(rest), "resubscribe")
                     delay = 0.05
                     for r in batch.results:
                         if _TON:
@@ -543,7 +549,7 @@ class AsyncClient:
             finally:
                 self._fetching.pop(r.task_id, None)
 
-        self._fetching[r.task_id] = asyncio.create_task(fetch())
+        self._fetching[r.task_id] = self.jobs.start(fetch(), f"fetch {r.task_id}")
 
     def _fail_waiters(self, exc: BaseException) -> None:
         for futs in self._waiters.values():

@@ -106,7 +106,7 @@ class Executor(cf.Executor):
         if subs:
             self.client.aio.enqueue(subs, self.policy)
         if cancels:
-            self.client.loop.create_task(self._cancel_remote(cancels))
+            self.client.aio.jobs.start(self._cancel_remote(cancels), "cancel remote calls")
 
     async def _cancel_remote(self, task_ids: list[str]) -> None:
         try:
