@@ -19,15 +19,8 @@ from typing import Any, Callable
 def mark(ledger: str, i: int, sleep_s: float = 0.0) -> int:
     """Record this execution, then (optionally) work a little; the value names the input."""
     import os
-    import time
 
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{i} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-    if sleep_s:
-        time.sleep(sleep_s)
+    _record(ledger, f"{i} {os.getpid()}", sleep_s)
     return value_of(i)
 
 
@@ -36,17 +29,24 @@ def mark_run(ledger: str, i: int, sleep_s: float = 0.0) -> tuple[int, str]:
     the run id also written to the ledger line. A result replaced by another execution's,
     or a second result handed out, shows as a different run id."""
     import os
-    import time
 
     run = f"{os.getpid()}-{os.urandom(6).hex()}"
+    _record(ledger, f"{i} {os.getpid()} {run}", sleep_s)
+    return value_of(i), run
+
+
+def _record(ledger: str, line: str, sleep_s: float) -> None:
+    """One O_APPEND write per line (lines from many workers never mix), then the work."""
+    import os
+    import time
+
     fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{i} {os.getpid()} {run}\n".encode())
+        os.write(fd, f"{line}\n".encode())
     finally:
         os.close(fd)
     if sleep_s:
         time.sleep(sleep_s)
-    return value_of(i), run
 
 
 def value_of(i: int) -> int:
@@ -131,3 +131,33 @@ def pypi_reachable(package: str = "humanize") -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def with_hub(workdir: Path | str, body: Callable[[Any], Any], timeout: float = 60.0,
+             **config: Any) -> None:
+    """Run `await body(hub)` on a fresh event loop with an in-process Hub (auth on)
+    listening on 127.0.0.1:0, its store in `workdir`: the tier-2 tests' fixture. This
+    process's clients get a user token for it, and endpoints one for any name."""
+    import asyncio
+    import os
+
+    from fabric.credentials import remember
+    from fabric.hub.server import Hub, HubConfig
+    from fabric.hub.tokens import TokenBook
+    from fabric.loop import run
+
+    store = Path(workdir) / "hub.db"
+    with TokenBook(store) as book:
+        user, _ = book.create("local")
+        fleet, _ = book.create("local", "endpoint", "*")
+
+    async def main() -> None:
+        async with Hub(HubConfig(port=0, store_path=str(store), **config)) as hub:
+            remember(hub.address, user)
+            await asyncio.wait_for(body(hub), timeout)
+
+    os.environ["FABRIC_ENDPOINT_TOKEN"] = fleet
+    try:
+        run(main())
+    finally:
+        del os.environ["FABRIC_ENDPOINT_TOKEN"]

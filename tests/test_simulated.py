@@ -9,7 +9,6 @@ slots, runtime and cancel.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from pathlib import Path
@@ -19,11 +18,9 @@ import pytest
 from benchmarks.common import noop
 from fabric.client import AsyncClient, Client
 from fabric.endpoint.simulated import SimulatedEndpoint, Simulation
-from fabric.credentials import remember
-from fabric.hub.server import Hub, HubConfig
-from fabric.hub.tokens import TokenBook
 from fabric.launch import spawn, start_hub, stop_all
 from fabric.loop import run
+from fabric.testing import with_hub
 
 
 def _wait(what, timeout: float, every: float = 0.05) -> None:
@@ -67,27 +64,6 @@ def test_fifty_simulated_endpoints_in_one_process(tmp_path: Path) -> None:
     assert sim.proc.returncode == 0
 
 
-def _in_process(tmp_path: Path, body) -> None:
-    """Run `body(hub_address)` on one loop with a hub listening on 127.0.0.1:0."""
-
-    store = tmp_path / "hub.db"
-    with TokenBook(store) as book:  # auth is on: a user token, and one for any endpoint name
-        user, _ = book.create("local")
-        fleet, _ = book.create("local", "endpoint", "*")
-
-    async def main() -> None:
-        cfg = HubConfig(port=0, store_path=str(store), heartbeat_period=1.0)
-        async with Hub(cfg) as hub:
-            remember(hub.address, user)
-            await asyncio.wait_for(body(hub.address), 20)
-
-    os.environ["FABRIC_ENDPOINT_TOKEN"] = fleet
-    try:
-        run(main())
-    finally:
-        del os.environ["FABRIC_ENDPOINT_TOKEN"]
-
-
 def test_slots_bound_concurrency_and_runtime_is_reported(tmp_path: Path) -> None:
     async def body(address: str) -> None:
         async with Simulation(address, 2, workers=2, runtime_s=0.2) as sim, \
@@ -114,7 +90,7 @@ def test_slots_bound_concurrency_and_runtime_is_reported(tmp_path: Path) -> None
             assert sorted(ep.completed for ep in sim.endpoints) == [4, 4]
             assert sim.traffic()["completed"] == 8
 
-    _in_process(tmp_path, body)
+    with_hub(tmp_path, lambda hub: body(hub.address), timeout=20, heartbeat_period=1.0)
 
 
 def test_cancel_frees_the_slot_and_the_task_never_completes(tmp_path: Path) -> None:
@@ -134,7 +110,7 @@ def test_cancel_frees_the_slot_and_the_task_never_completes(tmp_path: Path) -> N
             (r,) = await c.wait([nxt], 10)
             assert r.task_id == nxt and ep.completed == 1 and tid not in ep.unacked
 
-    _in_process(tmp_path, body)
+    with_hub(tmp_path, lambda hub: body(hub.address), timeout=20, heartbeat_period=1.0)
 
 
 def test_cli_help_names_the_simulator() -> None:

@@ -10,38 +10,17 @@ was asked to do, row by row, not what a counter claims.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from pathlib import Path
 
 from benchmarks.common import noop
 from fabric.client import AsyncClient
-from fabric.credentials import remember
 from fabric.endpoint.simulated import SimulatedEndpoint
-from fabric.hub.server import Hub, HubConfig
-from fabric.hub.tokens import TokenBook
-from fabric.loop import run
+from fabric.hub.server import Hub
 from fabric.states import TaskState
+from fabric.testing import with_hub
 
 TASK_WRITE = re.compile(r"^\s*(INSERT\b.*\bINTO tasks\b|UPDATE tasks\b)", re.IGNORECASE | re.DOTALL)
-
-
-def _in_process(tmp_path: Path, body) -> None:
-    store = tmp_path / "hub.db"
-    with TokenBook(store) as book:
-        user, _ = book.create("local")
-        fleet, _ = book.create("local", "endpoint", "*")
-
-    async def main() -> None:
-        async with Hub(HubConfig(port=0, store_path=str(store), heartbeat_period=1.0)) as hub:
-            remember(hub.address, user)
-            await asyncio.wait_for(body(hub), 60)
-
-    os.environ["FABRIC_ENDPOINT_TOKEN"] = fleet
-    try:
-        run(main())
-    finally:
-        del os.environ["FABRIC_ENDPOINT_TOKEN"]
 
 
 def test_a_task_a_client_waits_for_costs_two_writes(tmp_path: Path) -> None:
@@ -75,7 +54,7 @@ def test_a_task_a_client_waits_for_costs_two_writes(tmp_path: Path) -> None:
             ids).fetchone()[0])
         assert collected == 50, "collected, in the same write as the finish"
 
-    _in_process(tmp_path, body)
+    with_hub(tmp_path, body, heartbeat_period=1.0)
 
 
 def test_unfinished_tasks_show_where_they_run_from_memory(tmp_path: Path) -> None:
@@ -97,4 +76,4 @@ def test_unfinished_tasks_show_where_they_run_from_memory(tmp_path: Path) -> Non
             assert (by_state.get("DISPATCHED"), by_state.get("QUEUED")) == (2, 3), by_state
             assert await c.cancel(ids) == ids
 
-    _in_process(tmp_path, body)
+    with_hub(tmp_path, body, heartbeat_period=1.0)
