@@ -111,6 +111,17 @@ def test_map_timeout_raises(client):
             list(it)
 
 
+def test_map_in_chunks_counts_its_deadline_from_the_call(client):
+    """As Executor.map: the deadline starts when map() is called, not at the first
+    next(). The first chunk ends at 2 s at the soonest; a deadline counted from the
+    first next() (1.5 s + 1 s) would wait for it and return it."""
+    with Executor(endpoint_id="beta", client=client) as ex:
+        it = ex.map(slow, [2.0, 0.0], timeout=1.0, chunksize=2)
+        time.sleep(1.5)  # the scenario: the caller comes back after the deadline
+        with pytest.raises(cf.TimeoutError):
+            next(it)
+
+
 def test_exceptions_surface_in_result_and_map(client):
     with Executor(endpoint_id="alpha", client=client) as ex:
         f = ex.submit(inverse, 0)

@@ -121,9 +121,12 @@ class Executor(cf.Executor):
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
+        # The deadline counts from this call, as Executor.map's does (the generator
+        # below starts only at the first next()).
+        end = None if timeout is None else time.monotonic() + timeout
         runner = _Chunk(fn)  # one function for all chunks: its body is registered once
         fs = [self.submit(runner, *chunk) for chunk in _chunked(zip(*iterables), chunksize)]
-        return itertools.chain.from_iterable(_results_in_order(fs, timeout))
+        return itertools.chain.from_iterable(_results_in_order(fs, end))
 
     # ------------------------------------------------------------ results
     def _on_result(self, r: pb.TaskResult) -> bool:  # on the loop thread
@@ -201,9 +204,9 @@ def _chunked(it: Iterable[tuple[Any, ...]], size: int) -> list[tuple[tuple[Any, 
     return out
 
 
-def _results_in_order(fs: list[cf.Future[Any]], timeout: float | None) -> Iterator[Any]:
-    """Yield results in submission order, like Executor.map, dropping references as it goes."""
-    end = None if timeout is None else time.monotonic() + timeout
+def _results_in_order(fs: list[cf.Future[Any]], end: float | None) -> Iterator[Any]:
+    """Yield results in submission order, like Executor.map, dropping references as it
+    goes; `end` is the deadline (time.monotonic()), None for none."""
     fs.reverse()
     try:
         while fs:
