@@ -14,6 +14,7 @@ so the spec carries its contents, not a path only this machine has.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -128,6 +129,13 @@ class Runtime:
             raise InvalidRuntime(f"the runtime spec has unknown fields {sorted(unknown)}")
         return cls(pip=tuple(d.get("pip") or ()), python=d.get("python") or "",
                    env=d.get("env") or {}, setup=d.get("setup") or "")
+
+
+@functools.lru_cache(maxsize=256)
+def parse(spec: bytes) -> Runtime:
+    """The runtime of wire `spec` (InvalidRuntime if it is not one). Cached: a batch of
+    thousands of calls carries the same few specs, at the hub and at the endpoint."""
+    return Runtime.from_json(spec)
 
 
 def normalise_requirement(spec: str) -> str:

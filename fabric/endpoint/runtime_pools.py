@@ -24,14 +24,15 @@ import os
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from fabric.config import DEFAULT_OUTPUT_TAIL_BYTES
 from fabric.endpoint.engines.base import Engine
 from fabric.endpoint.pool import INITIAL_CAP, WorkerPool
 from fabric.endpoint.runtimes import BuildError, BuiltRuntime, RuntimeCache
 from fabric.errors import InvalidRuntime
-from fabric.runtime_spec import Runtime
+from fabric.jobs import Jobs
+from fabric.runtime_spec import Runtime, parse
 from fabric.serialize import ErrorInfo
 from fabric.worker.runtime import WorkItem, WorkResult
 
@@ -40,10 +41,9 @@ log = logging.getLogger("fabric.endpoint.runtimes")
 OWN = ""  # the pool key of the endpoint's own Python (no runtime)
 
 
-@functools.lru_cache(maxsize=256)
 def runtime_of(spec: bytes) -> Runtime | None:
     """The runtime a task's spec asks for; None for the endpoint's own environment."""
-    rt = Runtime.from_json(spec)
+    rt = parse(spec)
     return None if rt.is_default else rt
 
 
@@ -77,7 +77,7 @@ class RuntimePools(Engine):
         self._building: dict[str, list[WorkItem]] = {}  # digest -> tasks awaiting its build
         self._built: dict[str, tuple[Runtime, BuiltRuntime]] = {}
         self._bodies: dict[str, bytes] = {}
-        self._jobs: set[asyncio.Task[Any]] = set()
+        self._jobs = Jobs("local engine")  # builds, pool starts and stops
         self._started = False
         self._closing = False
 
@@ -96,19 +96,12 @@ class RuntimePools(Engine):
         if self._closing:
             return
         self._closing = True
-        for job in list(self._jobs):
-            job.cancel()
-        await asyncio.gather(*self._jobs, return_exceptions=True)
+        await self._jobs.stop()
         await self.cache.close()
         pools = [*self._pools.values(), *self._starting.values()]
         await asyncio.gather(*(p.shutdown() for p in pools), return_exceptions=True)
         self._pools.clear()
         self._starting.clear()
-
-    def _spawn_job(self, coro: Any) -> None:
-        job = asyncio.ensure_future(coro)
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
 
     # ------------------------------------------------------------ the agent's API
     def add_function(self, function_id: str, body: bytes) -> None:
@@ -142,7 +135,7 @@ class RuntimePools(Engine):
                 self._building[key].extend(group)
             else:
                 self._building[key] = group
-                self._spawn_job(self._provide(specs[key]))
+                self._jobs.start(self._provide(specs[key]))
 
     def cancel(self, task_ids: Iterable[str]) -> list[str]:
         wanted = set(task_ids)
@@ -250,7 +243,7 @@ class RuntimePools(Engine):
             if room == 0:
                 break  # first come, first served: later keys wait their turn
             self._sizes[key] = min(room, len(self._waiting[key]))
-            self._spawn_job(self._start_pool(key, self._sizes[key]))
+            self._jobs.start(self._start_pool(key, self._sizes[key]))
         if not self._starved():  # nobody is waiting for room: held-back tasks go out
             for key in [k for k in self._waiting if k in self._pools]:
                 self._pools[key].submit(list(self._waiting.pop(key)))
@@ -263,7 +256,7 @@ class RuntimePools(Engine):
                 self._stopping += size
                 log.info("stopping %d idle worker(s) of runtime %s to make room", size,
                          key[:12] or "(own)")
-                self._spawn_job(self._stop_pool(pool, size))
+                self._jobs.start(self._stop_pool(pool, size))
                 return
 
     async def _stop_pool(self, pool: WorkerPool, size: int) -> None:

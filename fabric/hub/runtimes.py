@@ -8,17 +8,8 @@ as the bytes the client sent. Called by the ClientService servicer.
 
 from __future__ import annotations
 
-import functools
-
 from fabric import errors
-from fabric.runtime_spec import Runtime
-
-
-@functools.lru_cache(maxsize=256)
-def parse(spec: bytes) -> Runtime:
-    """The runtime of `spec` (InvalidRuntime if it is not one). Cached: a batch of
-    thousands of calls carries the same few specs."""
-    return Runtime.from_json(spec)
+from fabric.runtime_spec import Runtime, parse
 
 
 def check_function_runtime(spec: bytes, python_version: str) -> None:
