@@ -18,7 +18,6 @@ import socketserver
 import subprocess
 import sys
 import threading
-import urllib.request
 from pathlib import Path
 
 import cloudpickle
@@ -27,7 +26,7 @@ import pytest
 from fabric import config, errors
 from fabric._proto import fabric_pb2 as pb
 from fabric.client import Client, Executor, Runtime
-from fabric.testing import wait_until
+from fabric.testing import pypi_reachable, wait_until
 
 # Workers (inside runtimes too) cannot import this module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -36,15 +35,7 @@ PACKAGE = "humanize"  # small, pure Python, and not in the endpoint's environmen
 HUMANIZE = Runtime(pip=["humanize>=4"])
 
 
-def _pypi_reachable() -> bool:
-    try:
-        with urllib.request.urlopen(f"https://pypi.org/simple/{PACKAGE}/", timeout=10) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-needs_pypi = pytest.mark.skipif(not _pypi_reachable(), reason="PyPI (pypi.org) is not reachable "
+needs_pypi = pytest.mark.skipif(not pypi_reachable(PACKAGE), reason="PyPI (pypi.org) is not reachable "
                                 "from this machine: runtime builds install from it")
 
 
