@@ -490,20 +490,26 @@ class ClientApi(pb_grpc.ClientServiceServicer):
         out = []
         for r in rows:
             live = self.d.tasks.get(r.task_id)
-            fn = self.d.functions.get(r.function_id)
             # A live task's route may have changed since the row was written (held: none).
-            endpoint_id = (live.endpoint_id if live else r.endpoint_id) or ""
-            ep = self.d.endpoints.get(endpoint_id)
-            out.append(TaskInfo(
-                task_id=r.task_id, function_id=r.function_id,
-                function_name=fn.name if fn else "",
-                state=live.state if live else r.state,
-                endpoint_id=endpoint_id, endpoint_name=ep.name if ep else "",
-                route_reason=(live.reason if live else r.route_reason) or "",
-                submitted_at=r.submitted_at, completed_at=r.completed_at or 0.0,
-                runtime_s=r.runtime_s or 0.0, error_type=r.error_type or "",
-            ).to_proto())
+            out.append(self._task_info(
+                r.task_id, r.function_id, live.state if live else r.state,
+                live.endpoint_id if live else r.endpoint_id,
+                live.reason if live else r.route_reason, r.submitted_at,
+                r.completed_at or 0.0, r.runtime_s or 0.0, r.error_type or ""))
         return pb.ListTasksReply(tasks=out)
+
+    def _task_info(self, task_id: str, function_id: str, state: TaskState,
+                   endpoint_id: str | None, reason: str | None, submitted_at: float,
+                   completed_at: float = 0.0, runtime_s: float = 0.0,
+                   error_type: str = "") -> pb.TaskInfo:
+        """A listing row, with the names of its function and endpoint."""
+        fn = self.d.functions.get(function_id)
+        ep = self.d.endpoints.get(endpoint_id or "")
+        return TaskInfo(
+            task_id=task_id, function_id=function_id, function_name=fn.name if fn else "",
+            state=state, endpoint_id=endpoint_id or "", endpoint_name=ep.name if ep else "",
+            route_reason=reason or "", submitted_at=submitted_at, completed_at=completed_at,
+            runtime_s=runtime_s, error_type=error_type).to_proto()
 
     def _live_tasks(self, limit: int, state: TaskState, endpoint_id: str | None,
                     p: Principal) -> list[pb.TaskInfo]:
@@ -513,13 +519,8 @@ class ClientApi(pb_grpc.ClientServiceServicer):
             if t.state is not state or (endpoint_id and t.endpoint_id != endpoint_id) or \
                     not (p.is_admin or t.owner == p.user):
                 continue
-            fn = self.d.functions.get(t.function_id)
-            ep = self.d.endpoints.get(t.endpoint_id or "")
-            out.append(TaskInfo(
-                task_id=t.task_id, function_id=t.function_id, function_name=fn.name if fn else "",
-                state=t.state, endpoint_id=t.endpoint_id or "", endpoint_name=ep.name if ep else "",
-                route_reason=t.reason or "", submitted_at=t.submitted_at, completed_at=0.0,
-                runtime_s=0.0, error_type="").to_proto())
+            out.append(self._task_info(t.task_id, t.function_id, t.state, t.endpoint_id,
+                                       t.reason, t.submitted_at))
             if len(out) >= limit:
                 break
         return out
