@@ -124,6 +124,13 @@ def _rows(n: int, size: int, start: int = 0) -> list[tuple[Any, ...]]:
             for i in range(start, start + n)]
 
 
+
+def fabric_on(disk: Path, tmp_path: Path, endpoints: list[str], workers: int) -> LocalFabric:
+    """A started LocalFabric with only the hub's store on the small disk."""
+    fab = LocalFabric(tmp_path / "fabric", endpoints, workers=workers)
+    fab.store = disk / "hub.db"
+    return fab.start()
+
 def test_a_full_disk_is_storage_full_and_the_store_carries_on(small_disk):
     """SQLite rolls a failed COMMIT back itself: the caller gets StorageFull (not a
     second error about the rollback), every op of that transaction fails with it,
@@ -239,9 +246,7 @@ def test_small_arguments_fill_the_disk_cleanly_and_everything_taken_completes(
     disk = small_disk("48m")
     ledger = Ledger(tmp_path / "ledger")
     gate = tmp_path / "gate"
-    fab = LocalFabric(tmp_path / "fabric", [], workers=2)
-    fab.store = disk / "hub.db"  # only the hub's store on the small disk
-    fab.start()
+    fab = fabric_on(disk, tmp_path, [], workers=2)
     patient_ids: list[str] = []
     patient_errors: list[BaseException] = []
     delivered: list[float] = []  # when a waiting client got each result
@@ -327,9 +332,7 @@ def test_small_arguments_fill_the_disk_cleanly_and_everything_taken_completes(
 def test_a_big_result_on_a_small_disk_is_held_until_there_is_room(small_disk, tmp_path):
     disk = small_disk("48m")
     ledger = Ledger(tmp_path / "ledger")
-    fab = LocalFabric(tmp_path / "fabric", ["ep"], workers=1)
-    fab.store = disk / "hub.db"
-    fab.start()
+    fab = fabric_on(disk, tmp_path, ["ep"], workers=1)
     try:
         with Client(fab.address) as c:
             c.wait_for_endpoints(1, timeout=60)
@@ -389,9 +392,7 @@ def test_results_held_when_the_hub_stops_reach_the_next_hub(small_disk, tmp_path
     disk = small_disk("48m")
     ledger = Ledger(tmp_path / "ledger")
     gate = tmp_path / "gate"
-    fab = LocalFabric(tmp_path / "fabric", ["ep"], workers=2)
-    fab.store = disk / "hub.db"
-    fab.start()
+    fab = fabric_on(disk, tmp_path, ["ep"], workers=2)
     try:
         with Client(fab.address) as c:
             c.wait_for_endpoints(1, timeout=60)
